@@ -1,0 +1,3 @@
+from citechat.cli import app
+
+app()

@@ -1,0 +1,60 @@
+"""Errors to HTTP, in one place: every error body is JSON ``{"detail": ...}`` and none carries internals."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI documentation of the error statuses a route can answer with."""
+    described = {
+        401: "Missing, malformed, expired or wrongly signed bearer token.",
+        403: "Not a member of the requested organization.",
+        404: "Not found, or not the caller's.",
+        409: "Conflicts with the resource's current state.",
+        503: "A dependency (database, key set) is unavailable; retry.",
+    }
+    return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
+
+
+async def _citechat_error(request: Request, exc: CitechatError) -> JSONResponse:
+    headers = None
+    if isinstance(exc, AuthenticationError):  # RFC 6750: no error code when no token was sent
+        challenge = "Bearer" if isinstance(exc, MissingCredentials) else 'Bearer error="invalid_token"'
+        headers = {"WWW-Authenticate": challenge}
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+    if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+        log.warning("database unavailable during %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+    return await _unexpected_error(request, exc)
+
+
+async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
+    log.warning("connection failure during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error during %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CitechatError, _citechat_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(OSError, _connection_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,1 @@
+"""Who is calling: bearer-token verification, tenancy (organizations, users, memberships) and its dependencies."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: one embedded PostgreSQL for the whole run, the app on it, and identities to call it with.
+
+Every test makes its own users and organizations (random ids), so tests share the database without seeing each
+other's rows.
+"""
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from citechat.api.app import create_app
+from citechat.auth.tokens import issue_token
+from citechat.db.embedded import EmbeddedPostgres
+from citechat.settings import Settings
+
+TEST_SECRET = "test-secret-" + "x" * 60
+
+
+@pytest.fixture(scope="session")
+async def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A real PostgreSQL 16 with pgvector (the embedded server citechat uses by default)."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    url = await server.start()
+    yield url
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=postgres_url,
+        auth_secret=TEST_SECRET,
+        data_dir=tmp_path_factory.mktemp("data"),
+        cors_origins=["https://app.example.com"],
+    )
+
+
+def derive(settings: Settings, **changes: object) -> Settings:
+    """The given settings with some fields changed (validated, unlike ``model_copy``)."""
+    return Settings(_env_file=None, **(settings.model_dump() | changes))
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://citechat.test") as c:
+        yield c
+
+
+@pytest.fixture
+async def db(app: FastAPI) -> AsyncIterator[AsyncSession]:
+    """A database session on the app's engine, for setting up and checking rows directly."""
+    async with app.state.database.sessions() as session:
+        yield session
+
+
+@pytest.fixture
+async def fresh_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    """An empty database of its own on the test server."""
+    name = f"mig_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_async_engine(make_url(postgres_url).set(database=name))
+    yield engine
+    await engine.dispose()
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE "{name}"'))
+    await admin.dispose()
+
+
+def token_for(user: str, orgs: list[str], secret: str = TEST_SECRET, ttl: timedelta = timedelta(hours=1)) -> str:
+    return issue_token(secret, user=user, organizations=orgs, ttl=ttl)
+
+
+HeadersFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def identity() -> HeadersFactory:
+    """``identity()`` returns request headers for a brand-new user in a brand-new organization;
+    ``identity(user=..., org=...)`` for given ones."""
+
+    def make(user: str | None = None, org: str | None = None, orgs: list[str] | None = None) -> dict[str, str]:
+        org = org or f"org-{uuid.uuid4().hex[:8]}"
+        token = token_for(user or f"user-{uuid.uuid4().hex[:8]}", orgs or [org])
+        headers = {"Authorization": f"Bearer {token}"}
+        if orgs:
+            headers["X-Organization-ID"] = org
+        return headers
+
+    return make
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,16 @@
+"""The README documents what the code offers."""
+
+from pathlib import Path
+
+from citechat.settings import Settings
+
+
+def test_every_setting_is_in_the_readme_table(repo_root: Path):
+    readme = (repo_root / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`CITECHAT_{name.upper()}`" in readme, name
+
+
+def test_ci_runs_the_readme_test_command(repo_root: Path):
+    assert "uv run pytest" in (repo_root / "README.md").read_text()
+    assert (repo_root / ".ci" / "run").read_text().strip().endswith("uv run pytest")
