@@ -1,9 +1,9 @@
 """All configuration in one place: environment variables prefixed ``CITECHAT_`` and an optional ``.env`` file."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -35,12 +35,48 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, description="Database connections kept open per process.")
 
+    retriever: Literal["local", "ragie"] | None = Field(
+        default=None, description="Retrieval backend; unset: ragie when RAGIE_API_KEY is set, else local."
+    )
+    retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
+    max_upload_mb: float = Field(default=50, gt=0, description="Largest accepted upload, in MiB (413 above).")
+    embedding_model: Literal["minilm", "openai"] = Field(
+        default="minilm",
+        description="Local index embeddings: offline MiniLM (ONNX int8) or OpenAI text-embedding-3-small at 384 dims.",
+    )
+    embedding_threads: int = Field(default=2, ge=1, description="CPU threads of the offline embedding model.")
+    chunk_size: int = Field(default=200, ge=32, le=2048, description="Target chunk length in tokens.")
+    chunk_overlap: int = Field(default=30, ge=0, le=512, description="Tokens shared by neighbouring chunks.")
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "CITECHAT_OPENAI_API_KEY"),
+        description="OpenAI key (OPENAI_API_KEY): OpenAI embeddings and generation.",
+    )
+    openai_base_url: str | None = Field(default=None, description="Base URL of the OpenAI API (proxies, gateways).")
+    ragie_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAGIE_API_KEY", "CITECHAT_RAGIE_API_KEY"),
+        description="Ragie key (RAGIE_API_KEY); when set, Ragie is the default retrieval backend.",
+    )
+    ragie_base_url: str | None = Field(default=None, description="Ragie API base URL (default: Ragie's own).")
+    ragie_rerank: bool = Field(default=True, description="Ask Ragie to rerank retrieved chunks.")
+    ragie_max_chunks_per_document: int | None = Field(
+        default=None, ge=1, description="At most this many chunks of one document per Ragie retrieval."
+    )
+    ragie_timeout_s: float = Field(default=20, gt=0, description="Timeout of one Ragie request, in seconds.")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @property
+    def retrieval_backend(self) -> Literal["local", "ragie"]:
+        if self.retriever is not None:
+            return self.retriever
+        return "ragie" if self.ragie_api_key is not None else "local"
 
     @property
     def embedded_database(self) -> bool:

@@ -23,6 +23,8 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         403: "Not a member of the requested organization.",
         404: "Not found, or not the caller's.",
         409: "Conflicts with the resource's current state.",
+        413: "The upload is larger than allowed.",
+        415: "The upload's format is not supported.",
         503: "A dependency (database, key set) is unavailable; retry.",
     }
     return {code: {"model": ErrorBody, "description": described[code]} for code in codes}

@@ -31,5 +31,6 @@ def all_tables() -> MetaData:
     """The metadata with every domain's tables registered (imports them for their side effect)."""
     from citechat.auth import models as _auth  # noqa: F401
     from citechat.chat import models as _chat  # noqa: F401
+    from citechat.documents import models as _documents  # noqa: F401
 
     return Base.metadata

@@ -1,0 +1,1 @@
+"""Documents an organization uploads: tables, formats, parsing, the ingestion runner, service and routes."""

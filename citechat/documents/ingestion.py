@@ -1,0 +1,114 @@
+"""Indexing uploaded documents in the background, exactly once each, surviving restarts.
+
+Each document is claimed with a PostgreSQL advisory lock held on its own connection for as long as it is
+indexed: a second worker (or a resumed start-up) skips a document another process is indexing, and a crashed
+process's lock dies with its connection, so the document is picked up again on the next start.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from citechat.auth.models import Organization as OrganizationRow
+from citechat.documents import models
+from citechat.retrievers.base import IndexBackend, IngestError, Organization, RetrievalError
+
+log = logging.getLogger(__name__)
+_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))")
+_UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))")
+
+
+class Ingestion:
+    """Runs ``backend.ingest`` for submitted documents, ``concurrency`` at a time."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], backend: IndexBackend, *, concurrency: int = 1):
+        self._sessions, self._backend = sessions, backend
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[uuid.UUID, asyncio.Task] = {}
+
+    def submit(self, document_id: uuid.UUID) -> asyncio.Task:
+        if (task := self._tasks.get(document_id)) is None or task.done():
+            task = self._tasks[document_id] = asyncio.create_task(self.run(document_id), name=f"ingest-{document_id}")
+            task.add_done_callback(lambda _: self._tasks.pop(document_id, None))
+        return task
+
+    async def resume(self) -> int:
+        """Submit every document of this backend left pending or processing (by a restart or a crash)."""
+        async with self._sessions() as db:
+            ids = list(
+                await db.scalars(
+                    select(models.Document.id).where(
+                        models.Document.backend == self._backend.name,
+                        models.Document.status.in_(("pending", "processing")),
+                    )
+                )
+            )
+        for document_id in ids:
+            self.submit(document_id)
+        return len(ids)
+
+    async def wait(self, document_ids: Iterable[uuid.UUID] | None = None) -> None:
+        tasks = (
+            [self._tasks[i] for i in document_ids if i in self._tasks] if document_ids else list(self._tasks.values())
+        )
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def run(self, document_id: uuid.UUID) -> None:
+        key = f"ingest:{document_id}"
+        async with self._slots, self._sessions() as lock_db:
+            if not await lock_db.scalar(_LOCK, {"key": key}):
+                return  # another process is indexing it
+            try:
+                await self._index(document_id)
+            finally:
+                await lock_db.execute(_UNLOCK, {"key": key})
+                await lock_db.commit()
+
+    async def _index(self, document_id: uuid.UUID) -> None:
+        async with self._sessions() as db:
+            row = (
+                await db.execute(
+                    select(models.Document, models.DocumentFile.content, OrganizationRow.external_id)
+                    .join(models.DocumentFile, models.DocumentFile.document_id == models.Document.id)
+                    .join(OrganizationRow, OrganizationRow.id == models.Document.organization_id)
+                    .where(models.Document.id == document_id, models.Document.status.in_(("pending", "processing")))
+                )
+            ).first()
+            if row is None:
+                return  # deleted, or finished by another process meanwhile
+            document, content, org_external_id = row
+            document.status, document.error = "processing", None
+            await db.commit()
+            organization = Organization(document.organization_id, org_external_id)
+            name, content_type, metadata = document.name, document.content_type, document.document_metadata
+        try:
+            result = await self._backend.ingest(organization, document_id, name, content_type, content, metadata)
+        except (IngestError, RetrievalError) as exc:
+            await self._finish(document_id, status="failed", error=exc.detail)
+        except asyncio.CancelledError:
+            raise  # shutting down: left "processing", resumed on the next start
+        except Exception:
+            log.exception("indexing document %s failed", document_id)
+            await self._finish(document_id, status="failed", error="indexing failed unexpectedly; try uploading again")
+        else:
+            await self._finish(
+                document_id,
+                status="ready",
+                pages=result.pages,
+                chunks=result.chunks,
+                external_id=result.external_id,
+                backend_status=result.backend_status,
+            )
+
+    async def _finish(self, document_id: uuid.UUID, **values) -> None:
+        async with self._sessions() as db, db.begin():
+            await db.execute(update(models.Document).where(models.Document.id == document_id).values(**values))

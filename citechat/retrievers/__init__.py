@@ -1,0 +1,1 @@
+"""Retrieval backends behind LlamaIndex's ``BaseRetriever``: the local hybrid index and Ragie."""

@@ -1,0 +1,276 @@
+"""Documents through the real API and the local index: formats, pages, bad input, dedupe, delete, tenancy."""
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select, update
+
+from citechat.api.app import create_app
+from citechat.documents import models
+from citechat.retrievers.base import IndexMismatch, Organization
+from tests import samples
+from tests.conftest import derive
+
+DOCS = "/api/v1/documents"
+
+
+async def upload(client, headers, content: bytes, filename: str, **form) -> httpx.Response:
+    return await client.post(DOCS, headers=headers, files={"file": (filename, content)}, data=form)
+
+
+async def wait_done(client, headers, document_id: str, timeout: float = 60) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        document = (await client.get(f"{DOCS}/{document_id}", headers=headers)).json()
+        if document["status"] in ("ready", "failed"):
+            return document
+        assert asyncio.get_running_loop().time() < deadline, document
+        await asyncio.sleep(0.05)
+
+
+async def ingest(client, headers, content: bytes, filename: str, **form) -> dict:
+    response = await upload(client, headers, content, filename, **form)
+    assert response.status_code == 202, response.text
+    return await wait_done(client, headers, response.json()["id"])
+
+
+async def org_of(db, headers_org: str) -> Organization:
+    from citechat.auth.models import Organization as Row
+
+    row = (await db.execute(select(Row).where(Row.external_id == headers_org))).scalar_one()
+    return Organization(row.id, row.external_id)
+
+
+async def retrieve(app, organization: Organization, query: str, top_k: int = 5):
+    return await app.state.index.retriever(organization, top_k).aretrieve(query)
+
+
+@pytest.fixture
+def org_headers(identity):
+    def make() -> tuple[str, dict]:
+        org = f"org-{uuid.uuid4().hex[:8]}"
+        return org, identity(org=org)
+
+    return make
+
+
+async def test_pdf_pages_are_cited_exactly(client, app, db, org_headers):
+    org, headers = org_headers()
+    pages = [f"{topic} " + " ".join([topic] * 3) for topic in samples.TOPICS]
+    content = samples.pdf(pages, header="Confidential - Annual Report 2024")  # the same header on every page
+    document = await ingest(client, headers, content, "report.pdf", name="Annual Report", metadata='{"year": 2024}')
+    assert document["status"] == "ready", document
+    assert (document["name"], document["pages"], document["content_type"]) == ("Annual Report", 4, "application/pdf")
+    assert document["chunks"] >= 4 and document["metadata"] == {"year": 2024}  # passages never straddle pages
+
+    organization = await org_of(db, org)
+    for page, question in [
+        (1, "lighthouse keeper storms"),
+        (2, "bakery revenue sourdough"),
+        (3, "glacier retreat survey"),
+        (4, "enzyme clot reduction"),
+    ]:
+        nodes = await retrieve(app, organization, question)
+        top = nodes[0].node
+        assert top.metadata["start_page"] == page, (question, top.metadata)
+        assert top.metadata["document_name"] == "Annual Report"
+        for node in nodes:  # every passage lies on the pages it claims
+            start, end = node.node.metadata["start_page"], node.node.metadata["end_page"]
+            claimed = " ".join(" ".join(pages[p - 1].split()) for p in range(start, end + 1))
+            for sentence in node.node.text.replace("Confidential - Annual Report 2024", "").split(". "):
+                assert " ".join(sentence.split()).strip(". ") in claimed + " ", (sentence, start, end)
+
+
+async def test_page_labels_are_kept(client, app, db, org_headers):
+    org, headers = org_headers()
+    content = samples.pdf(samples.TOPICS[:3], labels=[(0, "ROMAN_LOWER", 1), (2, "ARABIC", 1)])  # i, ii, then 1
+    document = await ingest(client, headers, content, "labelled.pdf")
+    assert document["status"] == "ready"
+    nodes = await retrieve(app, await org_of(db, org), "glacier retreat")
+    assert nodes[0].node.metadata["start_page"] == 3
+    assert nodes[0].node.metadata["page_label"] == "1"
+    nodes = await retrieve(app, await org_of(db, org), "bakery sourdough revenue")
+    assert (nodes[0].node.metadata["start_page"], nodes[0].node.metadata["page_label"]) == (2, "ii")
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "content_type"),
+    [
+        ("notes.md", b"# Glacier notes\n\nThe glacier survey measured a retreat of 312 metres.", "text/markdown"),
+        ("notes.txt", "The glacier survey measured a retreat of 312 metres. Æ ø".encode(), "text/plain"),
+        (
+            "page.html",
+            b"<!DOCTYPE html><html><head><title>t</title><script>var x=1</script></head>"
+            b"<body><p>The glacier survey measured a retreat of 312 metres.</p></body></html>",
+            "text/html",
+        ),
+        (
+            "survey.docx",
+            samples.docx_file(["Glacier survey", "The glacier survey measured a retreat of 312 metres."]),
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
+    ],
+)
+async def test_formats_without_pages_cite_no_page(client, app, db, org_headers, filename, content, content_type):
+    org, headers = org_headers()
+    document = await ingest(client, headers, content, filename)
+    assert (document["status"], document["content_type"], document["pages"]) == ("ready", content_type, None)
+    nodes = await retrieve(app, await org_of(db, org), "how far did the glacier retreat")
+    assert "312 metres" in nodes[0].node.text
+    assert "start_page" not in nodes[0].node.metadata
+    assert "var x" not in nodes[0].node.text
+
+
+async def test_type_is_judged_from_content(client, org_headers):
+    _, headers = org_headers()
+    pdf_named_txt = await ingest(client, headers, samples.pdf(["A PDF in disguise about lighthouses."]), "notes.txt")
+    assert pdf_named_txt["content_type"] == "application/pdf"
+    text_named_pdf = await ingest(client, headers, b"Plain words about lighthouses, named like a PDF.", "fake.pdf")
+    assert text_named_pdf["content_type"] == "text/plain"
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "reason"),
+    [
+        ("broken.pdf", samples.pdf(["Some text that will be cut off."])[:400], "could not be read"),
+        ("locked.pdf", samples.pdf(["Secret lighthouse logs."], password="hunter2"), "encrypted"),
+        ("scan.pdf", samples.image_only_pdf(), "no extractable text"),
+        ("blank.txt", b"   \n\n\t  \n", "no text"),
+    ],
+)
+async def test_unreadable_documents_fail_with_a_reason_and_nothing_indexed(
+    client, db, org_headers, filename, content, reason
+):
+    _, headers = org_headers()
+    document = await ingest(client, headers, content, filename)
+    assert document["status"] == "failed"
+    assert reason in document["error"]
+    assert document["chunks"] == 0
+    count = await db.scalar(select(func.count()).where(models.Chunk.document_id == uuid.UUID(document["id"])))
+    assert count == 0
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "status", "detail"),
+    [
+        ("empty.pdf", b"", 422, "empty"),
+        ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, 415, "unsupported"),
+        ("archive.zip", samples.docx_file(["x"]).replace(b"word/document.xml", b"word/documenX.xml"), 415, "ZIP"),
+    ],
+)
+async def test_rejected_uploads(client, org_headers, filename, content, status, detail):
+    _, headers = org_headers()
+    response = await upload(client, headers, content, filename)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+    assert (await client.get(DOCS, headers=headers)).json() == []
+
+
+async def test_bad_metadata_and_missing_file(client, org_headers):
+    _, headers = org_headers()
+    for metadata, message in [("{not json", "not valid JSON"), ("[1, 2]", "JSON object")]:
+        response = await upload(client, headers, b"text", "a.txt", metadata=metadata)
+        assert response.status_code == 422 and message in response.json()["detail"]
+    response = await client.post(DOCS, headers=headers, data={"name": "no file"})
+    assert response.status_code == 422
+
+
+async def test_oversized_upload_is_413(settings, identity):
+    application = create_app(derive(settings, max_upload_mb=0.01))
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            headers = identity()
+            response = await upload(client, headers, b"x" * 20_000, "big.txt")
+            assert response.status_code == 413 and "limit is" in response.json()["detail"]
+            assert (await client.get(DOCS, headers=headers)).json() == []
+
+
+async def test_identical_reupload_returns_the_existing_document(client, org_headers):
+    _, headers = org_headers()
+    content = samples.pdf(["Unique content for deduplication: lighthouse 4471."])
+    first = await ingest(client, headers, content, "a.pdf")
+    again = await upload(client, headers, content, "renamed.pdf")
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    _, other_headers = org_headers()
+    elsewhere = await upload(client, other_headers, content, "a.pdf")
+    assert elsewhere.status_code == 202 and elsewhere.json()["id"] != first["id"]
+
+
+async def test_list_paginates_newest_first(client, org_headers):
+    _, headers = org_headers()
+    ids = [(await upload(client, headers, f"document number {i}".encode(), f"{i}.txt")).json()["id"] for i in range(5)]
+    page1 = (await client.get(DOCS, params={"limit": 2}, headers=headers)).json()
+    page2 = (await client.get(DOCS, params={"limit": 3, "before": page1[-1]["id"]}, headers=headers)).json()
+    assert [d["id"] for d in page1 + page2] == list(reversed(ids))
+    assert set(page1[0]) >= {
+        "id",
+        "name",
+        "content_type",
+        "size_bytes",
+        "pages",
+        "chunks",
+        "status",
+        "error",
+        "created_at",
+    }
+
+
+async def test_delete_removes_chunks_at_once(client, app, db, org_headers):
+    org, headers = org_headers()
+    document = await ingest(client, headers, samples.pdf([samples.TOPICS[0]]), "keeper.pdf")
+    organization = await org_of(db, org)
+    assert await retrieve(app, organization, "lighthouse keeper")
+    assert (await client.delete(f"{DOCS}/{document['id']}", headers=headers)).status_code == 204
+    assert await retrieve(app, organization, "lighthouse keeper") == []
+    assert await db.scalar(select(func.count()).where(models.Chunk.document_id == uuid.UUID(document["id"]))) == 0
+    assert (await client.get(f"{DOCS}/{document['id']}", headers=headers)).status_code == 404
+
+
+async def test_organizations_never_see_each_others_documents(client, app, db, org_headers):
+    org_a, a = org_headers()
+    org_b, b = org_headers()
+    doc_a = await ingest(client, a, samples.pdf([samples.TOPICS[1]]), "bakery.pdf")
+    await ingest(client, b, samples.pdf([samples.TOPICS[2]]), "glacier.pdf")
+
+    assert [d["id"] for d in (await client.get(DOCS, headers=b)).json()] != [doc_a["id"]]
+    assert doc_a["id"] not in [d["id"] for d in (await client.get(DOCS, headers=b)).json()]
+    for method in ("GET", "DELETE"):
+        response = await client.request(method, f"{DOCS}/{doc_a['id']}", headers=b)
+        assert response.status_code == 404
+    assert (await client.get(DOCS, params={"before": doc_a["id"]}, headers=b)).status_code == 404
+    nodes_b = await retrieve(app, await org_of(db, org_b), "bakery revenue sourdough Norway", top_k=20)
+    assert all(n.node.metadata["document_id"] != doc_a["id"] for n in nodes_b)
+    assert (await client.get(f"{DOCS}/{doc_a['id']}", headers=a)).json()["status"] == "ready"
+
+
+async def test_pending_documents_resume_after_restart(settings, identity, org_headers):
+    """A document accepted but not indexed when the process stopped is indexed on the next start."""
+    org, headers = org_headers()
+    application = create_app(settings)
+    async with LifespanManager(application):
+        application.state.ingestion.submit = lambda document_id: None  # the process "dies" before indexing
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            accepted = await upload(client, headers, b"Resumable lighthouse document.", "resume.txt")
+            assert accepted.json()["status"] == "pending"
+    restarted = create_app(settings)
+    async with LifespanManager(restarted):
+        transport = httpx.ASGITransport(app=restarted)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await wait_done(client, headers, accepted.json()["id"]))["status"] == "ready"
+
+
+async def test_embedding_model_mismatch_asks_for_reindex(app, db, org_headers):
+    org, _ = org_headers()
+    await app.state.index.check_model()
+    await db.execute(update(models.EmbeddingIndex).values(model="some-other-model"))
+    await db.commit()
+    try:
+        with pytest.raises(IndexMismatch, match="citechat reindex"):
+            await retrieve(app, Organization(uuid.uuid4(), org), "anything")
+    finally:
+        await app.state.index.adopt_model()
