@@ -11,7 +11,7 @@ class Settings(BaseSettings):
     """Settings of one citechat process. Every field is documented in the README's settings table."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CITECHAT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="CITECHAT_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
     database_url: SecretStr | None = Field(
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=None, ge=1, description="At most this many chunks of one document per Ragie retrieval."
     )
     ragie_timeout_s: float = Field(default=20, gt=0, description="Timeout of one Ragie request, in seconds.")
+    ragie_poll_interval_s: float = Field(default=2, gt=0, description="How often an upload's Ragie status is checked.")
+    ragie_ingest_timeout_s: float = Field(
+        default=1800, gt=0, description="How long Ragie may take to index one document before it counts as failed."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

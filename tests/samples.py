@@ -59,7 +59,7 @@ def docx_file(paragraphs: list[str]) -> bytes:
 
 
 TOPICS = [
-    "The lighthouse keeper on Skerryvore logged forty storms in the winter of 1911 and repaired the brass lantern twice.",
+    "The lighthouse keeper on Skerryvore logged forty storms in the winter of 1911 and repaired the lantern twice.",
     "Quarterly revenue of the Orbital Bakery rose to 7.4 million dollars, driven by sourdough exports to Norway.",
     "The glacier survey measured a retreat of 312 metres at the Vatnajokull outlet between 2015 and 2023.",
     "Patients receiving the zebrafish-derived enzyme showed a 38 percent reduction in fibrin clot formation.",

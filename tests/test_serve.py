@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from citechat.db.migrations import head_revision
+
 CLI = [sys.executable, "-m", "citechat"]
 
 
@@ -101,7 +103,7 @@ def test_db_upgrade_command(tmp_path: Path):
         [*CLI, "db", "upgrade"], env=_env(tmp_path / "data"), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "database schema at revision 0001" in result.stdout
+    assert f"database schema at revision {head_revision()}" in result.stdout
     assert not _postgres_running(tmp_path / "data" / "pgdata")
 
 

@@ -25,7 +25,7 @@ class InvalidUpload(CitechatError):
 @dataclass(frozen=True)
 class Accepted:
     document: models.Document
-    created: bool  # False: identical content was already uploaded to this organization
+    created: bool  # False: identical content was already uploaded (and not failed) in this organization
 
 
 def parse_metadata(raw: str | None) -> dict | None:
@@ -76,12 +76,17 @@ async def accept_upload(
     )
     if inserted is None:
         existing = await db.scalar(
-            select(models.Document).where(
-                models.Document.organization_id == organization.id, models.Document.sha256 == digest
-            )
+            select(models.Document)
+            .where(models.Document.organization_id == organization.id, models.Document.sha256 == digest)
+            .with_for_update()
         )
+        if existing.status != "failed":
+            await db.commit()
+            return Accepted(existing, created=False)
+        # Uploading a failed document again is how a user retries it (the backend may have been down).
+        existing.status, existing.error = "pending", None
         await db.commit()
-        return Accepted(existing, created=False)
+        return Accepted(existing, created=True)
     db.add(models.DocumentFile(document_id=inserted, content=content))
     await db.commit()
     return Accepted(await db.get(models.Document, inserted), created=True)

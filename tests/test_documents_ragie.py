@@ -1,0 +1,127 @@
+"""The documents API with Ragie as the backend (``CITECHAT_RETRIEVER=ragie``), against the Ragie stand-in.
+
+Uploads travel through citechat's API to the organization's Ragie partition; status, pages and chunks mirror
+Ragie's; retrieval and deletion never cross organizations.
+"""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from citechat.api.app import create_app
+from citechat.retrievers.base import Organization
+from citechat.retrievers.ragie import partition_for
+from citechat.settings import Settings
+from tests.conftest import derive
+from tests.standins.ragie import RagieStandIn
+from tests.test_documents import DOCS, org_of, upload, wait_done
+
+KEY = "ragie-key-for-api-tests-0123456789"
+HANDBOOK = (
+    "Travel budget approval is needed for trips abroad. Book economy class for short flights.\f"
+    "Receipts are kept for seven years by the finance team.\f"
+    "Office plants are watered on Mondays by the facilities team."
+)
+
+
+@pytest.fixture(scope="module")
+def ragie_server() -> Iterator[RagieStandIn]:
+    with RagieStandIn(api_key=KEY, chunk_words=12) as server:
+        yield server
+
+
+@pytest.fixture
+async def ragie_app(settings: Settings, ragie_server: RagieStandIn) -> AsyncIterator[FastAPI]:
+    ragie_server.reset()
+    configured = derive(
+        settings,
+        retriever="ragie",
+        ragie_api_key=KEY,
+        ragie_base_url=ragie_server.url,
+        ragie_poll_interval_s=0.01,
+        ragie_timeout_s=2,
+    )
+    application = create_app(configured)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def ragie_client(ragie_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=ragie_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+async def test_upload_goes_to_the_organizations_partition(ragie_client, ragie_app, ragie_server, identity, db):
+    org = f"acme-{uuid.uuid4().hex[:6]}"
+    headers = identity(org=org)
+    accepted = await upload(ragie_client, headers, HANDBOOK.encode(), "handbook.txt", name="Travel handbook")
+    assert accepted.status_code == 202
+    document = await wait_done(ragie_client, headers, accepted.json()["id"])
+    assert (document["status"], document["backend"]) == ("ready", "ragie")
+    assert document["pages"] == 3 and document["chunks"] >= 2  # Ragie's own counts
+
+    organization = await org_of(db, org)
+    [create] = ragie_server.requests_to("POST", "/documents")
+    assert create.form["partition"] == partition_for(organization)
+    assert create.form["name"] == "Travel handbook"
+
+    nodes = await ragie_app.state.index.retriever(organization, 5).aretrieve("how long are receipts kept")
+    top = nodes[0].node.metadata
+    assert top["document_id"] == document["id"] and top["document_name"] == "Travel handbook"
+    assert top["start_page"] <= 2 <= top["end_page"]
+
+
+async def test_organizations_never_see_each_others_ragie_documents(ragie_client, ragie_app, identity, db):
+    org_a, org_b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    a, b = identity(org=org_a), identity(org=org_b)
+    doc_a = await wait_done(ragie_client, a, (await upload(ragie_client, a, HANDBOOK.encode(), "a.txt")).json()["id"])
+    assert doc_a["status"] == "ready"
+
+    assert (await ragie_client.get(DOCS, headers=b)).json() == []
+    for method in ("GET", "DELETE"):
+        assert (await ragie_client.request(method, f"{DOCS}/{doc_a['id']}", headers=b)).status_code == 404
+    org_b_view = Organization(uuid.uuid4(), org_b)
+    assert await ragie_app.state.index.retriever(org_b_view, 10).aretrieve("receipts finance travel budget") == []
+    assert await ragie_app.state.index.retriever(await org_of(db, org_a), 10).aretrieve("receipts finance")
+
+
+async def test_delete_removes_the_document_from_ragie(ragie_client, ragie_app, ragie_server, identity, db):
+    org = f"del-{uuid.uuid4().hex[:6]}"
+    headers = identity(org=org)
+    document = await wait_done(
+        ragie_client, headers, (await upload(ragie_client, headers, HANDBOOK.encode(), "h.txt")).json()["id"]
+    )
+    assert (await ragie_client.delete(f"{DOCS}/{document['id']}", headers=headers)).status_code == 204
+    assert any(r.method == "DELETE" for r in ragie_server.requests)
+    organization = await org_of(db, org)
+    assert await ragie_app.state.index.retriever(organization, 5).aretrieve("receipts finance") == []
+
+
+async def test_failed_processing_is_reported_and_reupload_retries(ragie_client, ragie_server, identity):
+    headers = identity()
+    ragie_server.fail_processing = "the file could not be partitioned"
+    first = await upload(ragie_client, headers, HANDBOOK.encode(), "h.txt")
+    failed = await wait_done(ragie_client, headers, first.json()["id"])
+    assert failed["status"] == "failed" and "could not be partitioned" in failed["error"]
+
+    again = await upload(ragie_client, headers, HANDBOOK.encode(), "h.txt")
+    assert again.status_code == 202 and again.json()["id"] == failed["id"] and again.json()["status"] == "pending"
+    assert (await wait_done(ragie_client, headers, failed["id"]))["status"] == "ready"
+
+
+async def test_unreachable_ragie_fails_the_document_with_a_retryable_reason(settings, identity):
+    application = create_app(
+        derive(settings, retriever="ragie", ragie_api_key=KEY, ragie_base_url="http://127.0.0.1:9", ragie_timeout_s=1)
+    )
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            headers = identity()
+            document = await wait_done(client, headers, (await upload(client, headers, b"text", "t.txt")).json()["id"])
+    assert document["status"] == "failed" and "could not be reached" in document["error"]
