@@ -3,10 +3,12 @@
 import asyncio
 import copy
 import logging.config
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from citechat.errors import CitechatError
 from citechat.settings import Settings
 
 app = typer.Typer(
@@ -14,6 +16,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+eval_app = typer.Typer(help="Offline evaluation.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 
 @app.command()
@@ -63,6 +67,140 @@ def db_upgrade() -> None:
             return await current_revision(database.engine)
 
     typer.echo(f"database schema at revision {asyncio.run(upgrade())}")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively).")],
+    org: Annotated[str, typer.Option(help="Organization id the documents belong to.")],
+) -> None:
+    """Upload and index documents for an organization, with progress and a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from citechat.documents import commands
+    from citechat.runtime import open_runtime
+
+    try:
+        files = commands.collect_files(paths)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PATHS") from exc
+
+    async def run() -> commands.IngestReport:
+        async with open_runtime(Settings()) as runtime:
+            organization = await commands.organization(runtime, org)
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, transient=False) as progress:
+                task = progress.add_task("indexing", total=len(files))
+
+                def done(path: Path, document) -> None:
+                    state = document.status if document is not None else "rejected"
+                    progress.update(task, advance=1, description=f"{path.name[:40]} ({state})")
+
+                return await commands.ingest_files(runtime, organization, files, done)
+
+    logging.config.dictConfig(logging_config("warning"))
+    report = asyncio.run(run())
+    typer.echo(
+        f"{report.documents} documents indexed, {report.skipped} already present, {len(report.failures)} failed; "
+        f"{report.pages} pages, {report.chunks} chunks in {report.seconds:.1f} s "
+        f"({report.pages_per_second:.1f} pages/s)"
+    )
+    for path, reason in report.failures:
+        typer.echo(f"  failed: {path}: {reason}", err=True)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def documents(
+    org: Annotated[str, typer.Option(help="Organization id.")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 100,
+) -> None:
+    """List an organization's documents."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from citechat.documents import commands
+    from citechat.runtime import open_runtime
+
+    async def run():
+        async with open_runtime(Settings(), resume_ingestion=False) as runtime:
+            return await commands.list_documents(runtime, await commands.organization(runtime, org), limit)
+
+    logging.config.dictConfig(logging_config("warning"))
+    table = Table("id", "name", "status", "pages", "chunks", "size", "created")
+    for d in asyncio.run(run()):
+        status = d.status if d.status != "failed" else f"failed: {d.error}"
+        size = f"{d.size_bytes / 1024:.0f} KiB"
+        created = f"{d.created_at:%Y-%m-%d %H:%M}"
+        table.add_row(str(d.id), d.name, status, str(d.pages or "-"), str(d.chunks), size, created)
+    Console().print(table)
+
+
+@app.command()
+def reindex() -> None:
+    """Re-embed every document of the local index with the configured embedding model (after changing it)."""
+    from rich.progress import Progress
+
+    from citechat.documents import commands
+    from citechat.runtime import open_runtime
+
+    async def run() -> int:
+        async with open_runtime(Settings(), resume_ingestion=False) as runtime:
+            with Progress() as progress:
+                task = progress.add_task("re-indexing", total=None)
+                return await commands.reindex(runtime, lambda document: progress.advance(task))
+
+    logging.config.dictConfig(logging_config("warning"))
+    try:
+        count = asyncio.run(run())
+    except CitechatError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{count} documents re-indexed with {Settings().embedding_model}")
+
+
+@eval_app.command("beir")
+def eval_beir(
+    path: Annotated[Path, typer.Argument(help="A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/).")],
+    org: Annotated[str | None, typer.Option(help="Organization to index into (default: eval-<folder name>).")] = None,
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+) -> None:
+    """nDCG@10, Recall@100 and MRR@10 of the local retriever: hybrid, dense only and full-text only."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from citechat.documents import commands
+    from citechat.evaluation import beir
+    from citechat.runtime import open_runtime
+
+    if not (path / "corpus.jsonl").is_file():
+        raise typer.BadParameter(f"{path} is not a BEIR folder (no corpus.jsonl)", param_hint="PATH")
+    dataset = beir.load(path, split)
+
+    async def run() -> list[beir.RetrievalScores]:
+        async with open_runtime(Settings()) as runtime:
+            organization = await commands.organization(runtime, org or f"eval-{dataset.name}")
+            with Progress() as progress:
+                indexing = progress.add_task("indexing corpus", total=len(dataset.corpus))
+                await beir.index_corpus(runtime, organization, dataset, lambda n: progress.advance(indexing, n))
+                modes = ["hybrid", "dense", "lexical"]
+                querying = progress.add_task("querying", total=len(dataset.queries) * len(modes))
+                return await beir.evaluate(runtime, organization, dataset, modes, lambda: progress.advance(querying))
+
+    logging.config.dictConfig(logging_config("warning"))
+    table = Table("retrieval", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p95 ms", title=f"BEIR {dataset.name}")
+    for s in asyncio.run(run()):
+        table.add_row(
+            s.mode,
+            f"{s.ndcg_at_10:.3f}",
+            f"{s.recall_at_100:.3f}",
+            f"{s.mrr_at_10:.3f}",
+            f"{s.p50_ms:.1f}",
+            f"{s.p95_ms:.1f}",
+        )
+    Console().print(table)
 
 
 @app.command()

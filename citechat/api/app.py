@@ -13,11 +13,9 @@ from citechat.api.errors import install_error_handlers
 from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
 from citechat.chat import routes as chat_routes
-from citechat.db.database import open_database
 from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
-from citechat.documents.ingestion import Ingestion
-from citechat.retrievers.factory import index_from_settings
+from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.settings = settings
             app.state.authenticator = Authenticator(verifier)
             app.state.schema_head = head_revision()
-            app.state.database = database = await stack.enter_async_context(open_database(settings))
-            app.state.index = index = index_from_settings(settings, database.sessions)
-            stack.push_async_callback(index.aclose)
-            app.state.ingestion = ingestion = Ingestion(database.sessions, index)
-            stack.push_async_callback(ingestion.aclose)
-            if resumed := await ingestion.resume():
-                log.info("resumed indexing of %d document(s)", resumed)
+            runtime = await stack.enter_async_context(open_runtime(settings))
+            app.state.database = runtime.database
+            app.state.index = runtime.index
+            app.state.ingestion = runtime.ingestion
             log.info("citechat ready (%s database)", "embedded" if settings.embedded_database else "external")
             yield
 

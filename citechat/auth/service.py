@@ -70,6 +70,17 @@ class Authenticator:
         return ids
 
 
+async def ensure_organization(db: AsyncSession, external_id: str) -> uuid.UUID:
+    """The organization's database id, creating it on first use (for the CLI, which acts without a token)."""
+    return await db.scalar(
+        text(
+            "INSERT INTO organizations (external_id) VALUES (:org) "
+            "ON CONFLICT (external_id) DO UPDATE SET external_id = EXCLUDED.external_id RETURNING id"
+        ),
+        {"org": external_id},
+    )
+
+
 def choose_organization(claims: Claims, requested: str | None) -> str:
     """The organization a request acts in: the ``X-Organization-ID`` header, or the token's only one."""
     if requested is not None:

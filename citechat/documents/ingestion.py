@@ -62,31 +62,35 @@ class Ingestion:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def run(self, document_id: uuid.UUID) -> None:
+    async def run(self, document_id: uuid.UUID, *, again: bool = False) -> None:
+        """Index the document. ``again``: also documents already ``ready`` or ``failed`` (a re-index); a ready one
+        stays ready, and so retrievable, while its chunks are replaced."""
         key = f"ingest:{document_id}"
         async with self._slots, self._sessions() as lock_db:
             if not await lock_db.scalar(_LOCK, {"key": key}):
                 return  # another process is indexing it
             try:
-                await self._index(document_id)
+                await self._index(document_id, again=again)
             finally:
                 await lock_db.execute(_UNLOCK, {"key": key})
                 await lock_db.commit()
 
-    async def _index(self, document_id: uuid.UUID) -> None:
+    async def _index(self, document_id: uuid.UUID, *, again: bool) -> None:
+        statuses = ("pending", "processing", "ready", "failed") if again else ("pending", "processing")
         async with self._sessions() as db:
             row = (
                 await db.execute(
                     select(models.Document, models.DocumentFile.content, OrganizationRow.external_id)
                     .join(models.DocumentFile, models.DocumentFile.document_id == models.Document.id)
                     .join(OrganizationRow, OrganizationRow.id == models.Document.organization_id)
-                    .where(models.Document.id == document_id, models.Document.status.in_(("pending", "processing")))
+                    .where(models.Document.id == document_id, models.Document.status.in_(statuses))
                 )
             ).first()
             if row is None:
                 return  # deleted, or finished by another process meanwhile
             document, content, org_external_id = row
-            document.status, document.error = "processing", None
+            if document.status != "ready":
+                document.status, document.error = "processing", None
             await db.commit()
             organization = Organization(document.organization_id, org_external_id)
             name, content_type, metadata = document.name, document.content_type, document.document_metadata

@@ -7,10 +7,11 @@ organization's ``ready`` documents are ever read, so a document being indexed is
 
 import asyncio
 import uuid
+from typing import Literal
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from citechat.documents import models
@@ -19,6 +20,7 @@ from citechat.retrievers import chunking
 from citechat.retrievers.base import IndexMismatch, Ingested, IngestError, Organization, make_node
 from citechat.retrievers.embeddings import Embedder
 
+SearchMode = Literal["hybrid", "dense", "lexical"]
 RRF_K = 60
 CANDIDATES = 50  # taken from each ranking before fusion
 
@@ -31,13 +33,13 @@ WITH query AS (
     FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready'
     WHERE c.organization_id = :org
     ORDER BY c.embedding <=> CAST(:vector AS vector)
-    LIMIT :candidates
+    LIMIT :dense_candidates
 ), lexical AS (
     SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.search, query.terms, 1) DESC) AS rank
     FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready', query
     WHERE c.organization_id = :org AND c.search @@ query.terms
     ORDER BY ts_rank_cd(c.search, query.terms, 1) DESC
-    LIMIT :candidates
+    LIMIT :lexical_candidates
 ), fused AS (
     SELECT id, sum(1.0 / (:rrf_k + rank)) AS score
     FROM (SELECT id, rank FROM dense UNION ALL SELECT id, rank FROM lexical) ranked
@@ -120,14 +122,19 @@ class LocalIndex:
     def retriever(self, organization: Organization, top_k: int) -> BaseRetriever:
         return LocalRetriever(self, organization, top_k)
 
-    async def search(self, organization: Organization, query: str, top_k: int) -> list[NodeWithScore]:
+    async def search(
+        self, organization: Organization, query: str, top_k: int, *, mode: SearchMode = "hybrid"
+    ) -> list[NodeWithScore]:
+        """``mode``: ``hybrid`` (the default and what answers use), or one ranking alone, for evaluation."""
         await self.check_model()
         [vector] = await self._embedder.embed([query])
+        candidates = max(CANDIDATES, top_k)
         params = {
             "query": query,
             "vector": str(vector),
             "org": organization.id,
-            "candidates": max(CANDIDATES, top_k),
+            "dense_candidates": candidates if mode != "lexical" else 0,
+            "lexical_candidates": candidates if mode != "dense" else 0,
             "rrf_k": RRF_K,
             "top_k": top_k,
         }
@@ -193,8 +200,3 @@ def _node(row) -> NodeWithScore:
         similarity=None if row.similarity is None else round(float(row.similarity), 4),
         backend="local",
     )
-
-
-async def documents_to_reindex(sessions: async_sessionmaker[AsyncSession]) -> list[uuid.UUID]:
-    async with sessions() as db:
-        return list(await db.scalars(select(models.Document.id).where(models.Document.backend == "local")))

@@ -1,0 +1,36 @@
+"""Everything a citechat process runs on, opened and closed in one place: the app's lifespan and the CLI's
+in-process commands (``ingest``, ``reindex``, ``eval``) both use ``open_runtime``."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from citechat.db.database import Database, open_database
+from citechat.documents.ingestion import Ingestion
+from citechat.retrievers.base import IndexBackend
+from citechat.retrievers.factory import index_from_settings
+from citechat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    database: Database
+    index: IndexBackend
+    ingestion: Ingestion
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> AsyncIterator[Runtime]:
+    async with AsyncExitStack() as stack:
+        database = await stack.enter_async_context(open_database(settings))
+        index = index_from_settings(settings, database.sessions)
+        stack.push_async_callback(index.aclose)
+        ingestion = Ingestion(database.sessions, index)
+        stack.push_async_callback(ingestion.aclose)
+        if resume_ingestion and (resumed := await ingestion.resume()):
+            log.info("resumed indexing of %d document(s)", resumed)
+        yield Runtime(settings, database, index, ingestion)
