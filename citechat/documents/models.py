@@ -11,8 +11,8 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
-    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy import text as sql  # the Chunk model has a column named ``text``
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -99,8 +100,36 @@ class Chunk(Base):
     )
     embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIMENSIONS))
     search: Mapped[Any] = mapped_column(
-        TSVECTOR, Computed("to_tsvector('english', text)", persisted=True), doc="Full-text vector of text."
+        TSVECTOR,
+        server_default=sql("''::tsvector"),
+        doc="Full-text vector: the document's name (weight A) and the passage (weight B).",
     )
+    length: Mapped[int] = mapped_column(Integer, doc="Words in the passage: BM25's document length.")
+
+
+class Lexicon(Base):
+    """In how many of an organization's chunks each lexeme occurs: BM25's document frequency, and what picks the
+    rare query terms that keep full-text matching cheap on large indexes."""
+
+    __tablename__ = "lexicon"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    lexeme: Mapped[str] = mapped_column(Text, primary_key=True)
+    df: Mapped[int] = mapped_column(Integer)
+
+
+class IndexStats(Base):
+    """Chunk count and total length per organization: BM25's N and average document length."""
+
+    __tablename__ = "index_stats"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunks: Mapped[int] = mapped_column(BigInteger)
+    total_length: Mapped[int] = mapped_column(BigInteger)
 
 
 class EmbeddingIndex(Base):

@@ -1,11 +1,18 @@
 """The local index: chunks with embeddings and full-text vectors in PostgreSQL, searched hybrid.
 
-Retrieval fuses two rankings with reciprocal rank fusion: cosine similarity over pgvector's HNSW index, and
-PostgreSQL full-text search (any query term may match; ranked with ``ts_rank_cd``). Only chunks of the
-organization's ``ready`` documents are ever read, so a document being indexed is never half visible.
+Two rankings are fused (min-max normalised, then 0.4 x dense + 0.6 x lexical):
+
+- dense: cosine similarity over pgvector's HNSW index;
+- lexical: BM25. Matching uses only the query's rarest terms (document frequencies in ``lexicon``), so the GIN
+  index never has to rank a term that occurs in every other chunk; ``ts_rank`` picks a candidate pool and BM25
+  (title terms counted twice) orders it.
+
+On BEIR SciFact this scores well above either ranking alone (README, "Retrieval quality"). Only chunks of the
+organization's ``ready`` documents are read, so a document being indexed is never half visible.
 """
 
 import asyncio
+import re
 import uuid
 from typing import Literal
 
@@ -21,40 +28,99 @@ from citechat.retrievers.base import IndexMismatch, Ingested, IngestError, Organ
 from citechat.retrievers.embeddings import Embedder
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
-RRF_K = 60
-CANDIDATES = 50  # taken from each ranking before fusion
+CANDIDATES = 100  # taken from each ranking before fusion
+LEXICAL_POOL = 200  # matched by ts_rank before BM25 reorders them
+MATCH_TERMS = 6  # the rarest query terms used for matching
+DENSE_WEIGHT = 0.4
+_WORDS = re.compile(r"\w+")
 
 _HYBRID = text("""
-WITH query AS (
-    SELECT replace(plainto_tsquery('english', :query)::text, ' & ', ' | ')::tsquery AS terms
+WITH stats AS (
+    SELECT chunks::float8 AS n, greatest(total_length::float8 / greatest(chunks, 1), 1) AS avgdl
+    FROM index_stats WHERE organization_id = :org
+), terms AS (
+    SELECT l.lexeme, l.df, ln(1 + (stats.n - l.df + 0.5) / (l.df + 0.5)) AS idf
+    FROM lexicon l, stats
+    WHERE l.organization_id = :org AND l.df > 0
+      AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', :query)))
+), matching AS (
+    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS q
+    FROM (SELECT lexeme FROM terms ORDER BY df, lexeme LIMIT :match_terms) rare
+), pool AS (
+    SELECT c.id, c.search, c.length
+    FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready', matching
+    WHERE c.organization_id = :org AND c.search @@ matching.q
+    ORDER BY ts_rank(c.search, matching.q, 1) DESC
+    LIMIT :lexical_pool
+), lexical AS (
+    SELECT pool.id, sum(
+        terms.idf * tf * (1.2 + 1) / (tf + 1.2 * (0.25 + 0.75 * pool.length / stats.avgdl))
+    ) AS score
+    FROM pool
+    CROSS JOIN LATERAL (
+        SELECT u.lexeme, (cardinality(u.positions) + cardinality(array_positions(u.weights, 'A')))::float8 AS tf
+        FROM unnest(pool.search) u
+    ) counted
+    JOIN terms ON terms.lexeme = counted.lexeme, stats
+    GROUP BY pool.id
+    ORDER BY score DESC
+    LIMIT :lexical_candidates
 ), dense AS (
-    SELECT c.id, row_number() OVER (ORDER BY c.embedding <=> CAST(:vector AS vector)) AS rank,
-           1 - (c.embedding <=> CAST(:vector AS vector)) AS similarity
+    SELECT c.id, 1 - (c.embedding <=> CAST(:vector AS vector)) AS score
     FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready'
     WHERE c.organization_id = :org
     ORDER BY c.embedding <=> CAST(:vector AS vector)
     LIMIT :dense_candidates
-), lexical AS (
-    SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.search, query.terms, 1) DESC) AS rank
-    FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready', query
-    WHERE c.organization_id = :org AND c.search @@ query.terms
-    ORDER BY ts_rank_cd(c.search, query.terms, 1) DESC
-    LIMIT :lexical_candidates
+), dense_scaled AS (  -- min-max to [0, 1]; a ranking whose scores are all equal scales to 1
+    SELECT id, score AS similarity,
+           coalesce((score - min(score) OVER ()) / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS s
+    FROM dense
+), lexical_scaled AS (
+    SELECT id, coalesce((score - min(score) OVER ()) / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS s
+    FROM lexical
 ), fused AS (
-    SELECT id, sum(1.0 / (:rrf_k + rank)) AS score
-    FROM (SELECT id, rank FROM dense UNION ALL SELECT id, rank FROM lexical) ranked
-    GROUP BY id
+    SELECT id, dense_scaled.similarity,
+           :dense_weight * coalesce(dense_scaled.s, 0) + (1 - :dense_weight) * coalesce(lexical_scaled.s, 0) AS score
+    FROM dense_scaled FULL JOIN lexical_scaled USING (id)
 )
 SELECT c.id, c.document_id, c.text, c.start_page, c.end_page, c.page_label, d.name AS document_name,
-       fused.score, dense.similarity, dense.rank AS dense_rank, lexical.rank AS lexical_rank
+       fused.score, fused.similarity
 FROM fused
 JOIN chunks c ON c.id = fused.id
 JOIN documents d ON d.id = c.document_id
-LEFT JOIN dense ON dense.id = fused.id
-LEFT JOIN lexical ON lexical.id = fused.id
-ORDER BY fused.score DESC, c.id
+ORDER BY score DESC, c.id
 LIMIT :top_k
 """)
+
+# Keeping BM25's statistics in step with the chunks (see ``_forget`` and ``ingest``).
+_COUNT_IN = text("""
+INSERT INTO lexicon (organization_id, lexeme, df)
+SELECT :org, lexeme, count(*) FROM chunks, unnest(tsvector_to_array(search)) AS lexeme
+WHERE document_id = :doc GROUP BY lexeme ORDER BY lexeme
+ON CONFLICT (organization_id, lexeme) DO UPDATE SET df = lexicon.df + EXCLUDED.df;
+""")
+_STATS_IN = text("""
+INSERT INTO index_stats (organization_id, chunks, total_length)
+SELECT :org, count(*), coalesce(sum(length), 0) FROM chunks WHERE document_id = :doc
+ON CONFLICT (organization_id) DO UPDATE
+SET chunks = index_stats.chunks + EXCLUDED.chunks, total_length = index_stats.total_length + EXCLUDED.total_length
+""")
+_COUNT_OUT = text("""
+UPDATE lexicon SET df = lexicon.df - gone.n
+FROM (SELECT lexeme, count(*) AS n FROM chunks, unnest(tsvector_to_array(search)) AS lexeme
+      WHERE document_id = :doc GROUP BY lexeme) gone
+WHERE lexicon.organization_id = :org AND lexicon.lexeme = gone.lexeme
+""")
+_STATS_OUT = text("""
+UPDATE index_stats SET chunks = index_stats.chunks - gone.n, total_length = index_stats.total_length - gone.len
+FROM (SELECT count(*) AS n, coalesce(sum(length), 0) AS len FROM chunks WHERE document_id = :doc) gone
+WHERE index_stats.organization_id = :org
+""")
+_SEARCH_VECTORS = text("""
+UPDATE chunks SET search = setweight(to_tsvector('english', :name), 'A') || setweight(to_tsvector('english', text), 'B')
+WHERE document_id = :doc
+""")
+_LOCK_ORGANIZATION = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class LocalIndex:
@@ -95,13 +161,15 @@ class LocalIndex:
             raise IngestError("the document contains no text")
         vectors = await self._embedder.embed([_embedding_text(name, p.text) for p in passages])
         async with self._sessions() as db, db.begin():
-            await db.execute(delete(models.Chunk).where(models.Chunk.document_id == document_id))
+            await self._lock(db, organization)
+            await self._forget(db, organization, document_id)
             db.add_all(
                 models.Chunk(
                     document_id=document_id,
                     organization_id=organization.id,
                     chunk_index=p.index,
                     text=p.text,
+                    length=len(_WORDS.findall(p.text)),
                     start_page=p.start_page,
                     end_page=p.end_page,
                     page_label=p.page_label,
@@ -109,15 +177,34 @@ class LocalIndex:
                 )
                 for p, vector in zip(passages, vectors, strict=True)
             )
+            await db.flush()
+            keys = {"doc": document_id, "org": organization.id}
+            await db.execute(_SEARCH_VECTORS, {"doc": document_id, "name": name})
+            await db.execute(_COUNT_IN, keys)
+            await db.execute(_STATS_IN, keys)
         return Ingested(pages=parsed.page_count, chunks=len(passages))
 
     async def delete(self, organization: Organization, document_id: uuid.UUID, external_id: str | None) -> None:
         async with self._sessions() as db, db.begin():
-            await db.execute(
-                delete(models.Chunk).where(
-                    models.Chunk.document_id == document_id, models.Chunk.organization_id == organization.id
-                )
+            await self._lock(db, organization)
+            await self._forget(db, organization, document_id)
+
+    @staticmethod
+    async def _lock(db: AsyncSession, organization: Organization) -> None:
+        """One writer per organization at a time, so concurrent ingests update ``lexicon`` without deadlocks."""
+        await db.execute(_LOCK_ORGANIZATION, {"key": f"index:{organization.id}"})
+
+    @staticmethod
+    async def _forget(db: AsyncSession, organization: Organization, document_id: uuid.UUID) -> None:
+        """Take the document's chunks out of the statistics, then out of the index."""
+        keys = {"doc": document_id, "org": organization.id}
+        await db.execute(_COUNT_OUT, keys)
+        await db.execute(_STATS_OUT, keys)
+        await db.execute(
+            delete(models.Chunk).where(
+                models.Chunk.document_id == document_id, models.Chunk.organization_id == organization.id
             )
+        )
 
     def retriever(self, organization: Organization, top_k: int) -> BaseRetriever:
         return LocalRetriever(self, organization, top_k)
@@ -135,12 +222,14 @@ class LocalIndex:
             "org": organization.id,
             "dense_candidates": candidates if mode != "lexical" else 0,
             "lexical_candidates": candidates if mode != "dense" else 0,
-            "rrf_k": RRF_K,
+            "lexical_pool": max(LEXICAL_POOL, 2 * candidates),
+            "match_terms": MATCH_TERMS,
+            "dense_weight": DENSE_WEIGHT,
             "top_k": top_k,
         }
         async with self._sessions() as db, db.begin():
-            await db.execute(text("SET LOCAL hnsw.ef_search = 100"))
-            rows = (await db.execute(_HYBRID, params)).mappings().all()
+            await db.execute(text(f"SET LOCAL hnsw.ef_search = {max(100, candidates)}"))
+            rows = (await db.execute(_HYBRID, params)).all()
         return [_node(row) for row in rows]
 
     async def check_model(self) -> None:
@@ -158,7 +247,7 @@ class LocalIndex:
                 )
 
     async def adopt_model(self) -> None:
-        """Mark the index as built by the configured model (``citechat reindex`` calls this once it re-embedded)."""
+        """Mark the index as built by the configured model (``citechat reindex`` calls this, then re-embeds)."""
         async with self._sessions() as db, db.begin():
             await db.execute(delete(models.EmbeddingIndex))
             db.add(models.EmbeddingIndex(id=1, model=self._embedder.model_name, dimensions=self._embedder.dimensions))
@@ -191,7 +280,7 @@ def _node(row) -> NodeWithScore:
     return make_node(
         chunk_id=str(row.id),
         text=row.text,
-        score=float(row.score),
+        score=round(float(row.score), 4),
         document_id=str(row.document_id),
         document_name=row.document_name,
         start_page=row.start_page,

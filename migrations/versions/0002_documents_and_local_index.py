@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 22:22:40.382697
+Create Date: 2026-11-23 22:57:19.905754
 """
 
 from collections.abc import Sequence
@@ -61,6 +61,32 @@ def upgrade() -> None:
         "ix_documents_org_created", "documents", ["organization_id", sa.literal_column("created_at DESC")], unique=False
     )
     op.create_table(
+        "index_stats",
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("chunks", sa.BigInteger(), nullable=False),
+        sa.Column("total_length", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_index_stats_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("organization_id", name=op.f("pk_index_stats")),
+    )
+    op.create_table(
+        "lexicon",
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("lexeme", sa.Text(), nullable=False),
+        sa.Column("df", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_lexicon_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("organization_id", "lexeme", name=op.f("pk_lexicon")),
+    )
+    op.create_table(
         "chunks",
         sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), nullable=False),
         sa.Column("document_id", sa.Uuid(), nullable=False),
@@ -71,9 +97,8 @@ def upgrade() -> None:
         sa.Column("end_page", sa.Integer(), nullable=True),
         sa.Column("page_label", sa.String(length=50), nullable=True),
         sa.Column("embedding", Vector(dim=384), nullable=False),
-        sa.Column(
-            "search", postgresql.TSVECTOR(), sa.Computed("to_tsvector('english', text)", persisted=True), nullable=False
-        ),
+        sa.Column("search", postgresql.TSVECTOR(), server_default=sa.text("''::tsvector"), nullable=False),
+        sa.Column("length", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["document_id"], ["documents.id"], name=op.f("fk_chunks_document_id_documents"), ondelete="CASCADE"
         ),
@@ -121,6 +146,8 @@ def downgrade() -> None:
     )
     op.drop_index("ix_chunks_document_index", table_name="chunks")
     op.drop_table("chunks")
+    op.drop_table("lexicon")
+    op.drop_table("index_stats")
     op.drop_index("ix_documents_org_created", table_name="documents")
     op.drop_table("documents")
     op.drop_table("embedding_index")
