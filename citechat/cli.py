@@ -18,6 +18,9 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 eval_app = typer.Typer(help="Offline evaluation.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+bench_app = typer.Typer(help="Benchmarks (a throwaway embedded database each; results as JSON and Markdown).")
+app.add_typer(bench_app, name="bench")
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @app.command()
@@ -201,6 +204,43 @@ def eval_beir(
             f"{s.p95_ms:.1f}",
         )
     Console().print(table)
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    quick: Annotated[bool, typer.Option(help="A tiny run that proves the benchmark works.")] = False,
+    corpus: Annotated[Path, typer.Option(help="BEIR folder whose passages and queries are used.")] = DATASETS
+    / "scifact",
+    sizes: Annotated[str, typer.Option(help="Comma-separated corpus sizes in chunks.")] = "10000,100000",
+    out: Annotated[Path, typer.Option(help="Where to write retrieval.json and retrieval.md.")] = Path("bench-results"),
+) -> None:
+    """Top-5 hybrid retrieval latency at each corpus size, with and without the query embedding."""
+    from citechat.bench import report, retrieval
+
+    chunk_sizes = [500, 2000] if quick else [int(s) for s in sizes.split(",")]
+    logging.config.dictConfig(logging_config("warning"))
+    results = asyncio.run(
+        retrieval.run(corpus, chunk_sizes, base_passages=200 if quick else 5000, queries=20 if quick else 200)
+    )
+    table = retrieval.markdown(results)
+    report.write(results, out, "retrieval", table)
+    typer.echo(table)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    quick: Annotated[bool, typer.Option(help="Two documents only.")] = False,
+    folder: Annotated[Path, typer.Option(help="Folder of PDFs.")] = DATASETS / "sec10q" / "docs",
+    out: Annotated[Path, typer.Option(help="Where to write ingest.json and ingest.md.")] = Path("bench-results"),
+) -> None:
+    """Ingestion throughput of the local index: pages/s, chunks/s, and where the time goes."""
+    from citechat.bench import ingest, report
+
+    logging.config.dictConfig(logging_config("warning"))
+    results = asyncio.run(ingest.run(folder, limit=2 if quick else None))
+    table = ingest.markdown(results)
+    report.write(results, out, "ingest", table)
+    typer.echo(table)
 
 
 @app.command()

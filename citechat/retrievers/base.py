@@ -5,7 +5,7 @@ document name and pages are shown to the LLM; ids stay out of the prompt.
 """
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from llama_index.core.retrievers import BaseRetriever
@@ -32,6 +32,7 @@ class Ingested:
     chunks: int
     external_id: str | None = None
     backend_status: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, where the backend measures them
 
 
 def make_node(

