@@ -18,6 +18,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 eval_app = typer.Typer(help="Offline evaluation.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+prompts_app = typer.Typer(help="Prompt templates.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
 bench_app = typer.Typer(help="Benchmarks (a throwaway embedded database each; results as JSON and Markdown).")
 app.add_typer(bench_app, name="bench")
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -237,10 +239,28 @@ def bench_ingest(
     from citechat.bench import ingest, report
 
     logging.config.dictConfig(logging_config("warning"))
-    results = asyncio.run(ingest.run(folder, limit=2 if quick else None))
+    results = asyncio.run(ingest.run(sorted(folder.glob("*.pdf"))[: 2 if quick else None]))
     table = ingest.markdown(results)
     report.write(results, out, "ingest", table)
     typer.echo(table)
+
+
+@prompts_app.command("check")
+def prompts_check(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Template folder (default: the configured one).")
+    ] = None,
+) -> None:
+    """Validate the prompt templates and print their version."""
+    from citechat.pipeline.prompts import TEMPLATES, PromptError, load
+
+    folder = directory or Settings().prompts_dir
+    try:
+        prompts = load(folder)
+    except PromptError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{len(TEMPLATES)} templates in {folder} are valid; version {prompts.version}")
 
 
 @app.command()

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         description="Comma-separated origins allowed to call the API from a browser.",
     )
     db_pool_size: int = Field(default=10, ge=1, description="Database connections kept open per process.")
+    prompts_dir: Path = Field(
+        default=Path(__file__).resolve().parents[1] / "prompts",
+        description="Folder of the prompt templates (prompts/ in the repository).",
+    )
 
     retriever: Literal["local", "ragie"] | None = Field(
         default=None, description="Retrieval backend; unset: ragie when RAGIE_API_KEY is set, else local."

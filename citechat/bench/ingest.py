@@ -1,4 +1,4 @@
-"""Ingestion throughput: pages/s and chunks/s of the local index on a folder of PDFs, parse/embed/store split,
+"""Ingestion throughput: pages/s and chunks/s of the local index on PDFs, parse/embed/store split,
 in a throwaway embedded PostgreSQL."""
 
 import tempfile
@@ -12,8 +12,7 @@ from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
 
-async def run(folder: Path, *, limit: int | None = None) -> dict:
-    files = sorted(folder.glob("*.pdf"))[:limit]
+async def run(files: list[Path]) -> dict:
     with tempfile.TemporaryDirectory(prefix="citechat-bench-") as data_dir:
         async with open_runtime(Settings(_env_file=None, data_dir=Path(data_dir)), resume_ingestion=False) as runtime:
             index = runtime.index

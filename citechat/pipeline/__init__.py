@@ -1,0 +1,1 @@
+"""The chat pipeline: prompts, modes, answerers, citation checks, the chat engine."""
