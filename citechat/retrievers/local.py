@@ -3,9 +3,9 @@
 Two rankings are fused (min-max normalised, then 0.4 x dense + 0.6 x lexical):
 
 - dense: cosine similarity over pgvector's HNSW index;
-- lexical: BM25. Matching uses only the query's rarest terms (document frequencies in ``lexicon``), so the GIN
-  index never has to rank a term that occurs in every other chunk; ``ts_rank`` picks a candidate pool and BM25
-  (title terms counted twice) orders it.
+- lexical: BM25. Matching uses only the query's rarest terms (document frequencies in ``lexicon``), as many as
+  fit a budget of matched chunks, so the cost of a query stays bounded however large the index grows; ``ts_rank``
+  picks a candidate pool from those matches and BM25 (title terms counted twice, every query term) orders it.
 
 On BEIR SciFact this scores well above either ranking alone (README, "Retrieval quality"). Only chunks of the
 organization's ``ready`` documents are read, so a document being indexed is never half visible.
@@ -30,8 +30,9 @@ from citechat.retrievers.embeddings import Embedder
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
 CANDIDATES = 100  # taken from each ranking before fusion
-LEXICAL_POOL = 200  # matched by ts_rank before BM25 reorders them
-MATCH_TERMS = 6  # the rarest query terms used for matching
+LEXICAL_POOL = 200  # matched by ts_rank before BM25 reorders them (at least CANDIDATES)
+MATCH_TERMS = 6  # at most this many of the rarest query terms are used for matching,
+MATCH_BUDGET = 2000  # and only while the chunks they match add up to no more than this
 DENSE_WEIGHT = 0.4
 _WORDS = re.compile(r"\w+")
 
@@ -44,9 +45,12 @@ WITH stats AS (
     FROM lexicon l, stats
     WHERE l.organization_id = :org AND l.df > 0
       AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', :query)))
-), matching AS (
+), rarest AS (
+    SELECT lexeme, sum(df) OVER (ORDER BY df, lexeme) AS matches, row_number() OVER (ORDER BY df, lexeme) AS n
+    FROM terms
+), matching AS (  -- the rarest terms whose matches fit the budget (at least one term)
     SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS q
-    FROM (SELECT lexeme FROM terms ORDER BY df, lexeme LIMIT :match_terms) rare
+    FROM rarest WHERE n = 1 OR (matches <= :match_budget AND n <= :match_terms)
 ), pool AS (
     SELECT c.id, c.search, c.length
     FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready', matching
@@ -237,8 +241,9 @@ class LocalIndex:
             "org": organization.id,
             "dense_candidates": candidates if mode != "lexical" else 0,
             "lexical_candidates": candidates if mode != "dense" else 0,
-            "lexical_pool": max(LEXICAL_POOL, 2 * candidates),
+            "lexical_pool": LEXICAL_POOL,
             "match_terms": MATCH_TERMS,
+            "match_budget": MATCH_BUDGET,
             "dense_weight": DENSE_WEIGHT,
             "top_k": top_k,
         }
