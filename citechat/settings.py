@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     retriever: Literal["local", "ragie"] | None = Field(
         default=None, description="Retrieval backend; unset: ragie when RAGIE_API_KEY is set, else local."
     )
+    strict_min_similarity: float = Field(
+        default=0.3, ge=-1, le=1, description="Strict mode answers only from passages at least this similar."
+    )
     retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
     max_upload_mb: float = Field(default=50, gt=0, description="Largest accepted upload, in MiB (413 above).")
     embedding_model: Literal["minilm", "openai"] = Field(

@@ -12,9 +12,12 @@ from citechat.api import health
 from citechat.api.errors import install_error_handlers
 from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
+from citechat.chat import message_routes
 from citechat.chat import routes as chat_routes
+from citechat.chat.answering import Answering
 from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
+from citechat.pipeline.prompts import PromptStore
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
@@ -42,6 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.database = runtime.database
             app.state.index = runtime.index
             app.state.ingestion = runtime.ingestion
+            app.state.answering = Answering(
+                sessions=runtime.database.sessions,
+                index=runtime.index,
+                prompts=PromptStore(settings.prompts_dir),
+                top_k=settings.retrieval_top_k,
+                min_similarity=settings.strict_min_similarity,
+            )
             log.info("citechat ready (%s database)", "embedded" if settings.embedded_database else "external")
             yield
 
@@ -61,5 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(chat_routes.router)
+    app.include_router(message_routes.router)
     app.include_router(document_routes.router)
     return app

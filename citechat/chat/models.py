@@ -39,6 +39,7 @@ class ChatSession(Base):
             unique=True,
             postgresql_where=text("is_active = true"),
         ),
+        CheckConstraint("response_mode IN ('strict', 'balanced', 'creative')", name="response_mode"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
@@ -50,6 +51,7 @@ class ChatSession(Base):
     temperature: Mapped[float] = mapped_column(Float, default=0.1, server_default=text("0.1"))
     model_name: Mapped[str] = mapped_column(String(100), default="gpt-4o", server_default="gpt-4o")
     max_context_messages: Mapped[int] = mapped_column(Integer, default=5, server_default=text("5"))
+    response_mode: Mapped[str] = mapped_column(String(20), default="strict", server_default="strict")
     session_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -106,5 +108,10 @@ class ChatSource(Base):
     page_number: Mapped[int | None] = mapped_column(Integer)
     chunk_text: Mapped[str | None] = mapped_column(Text)
     relevance_score: Mapped[float | None] = mapped_column(Float)
+    end_page: Mapped[int | None] = mapped_column(Integer)
+    page_label: Mapped[str | None] = mapped_column(String(50))
+    rank: Mapped[int | None] = mapped_column(Integer, doc="1-based: the number the answer cites it by.")
+    cited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    support: Mapped[float | None] = mapped_column(Float, doc="How well the sentences citing it are supported by it.")
     source_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())

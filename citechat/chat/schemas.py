@@ -3,9 +3,12 @@
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, computed_field
+
+from citechat.pipeline.citations import SUPPORT_THRESHOLD
+from citechat.pipeline.modes import ResponseMode
 
 
 class MessageRole(StrEnum):
@@ -30,6 +33,18 @@ class ChatSource(BaseModel):
     page_number: int | None = Field(description="First page of the passage; null for formats without pages.")
     chunk_text: str | None
     relevance_score: float | None
+    chunk_id: str | None = Field(default=None, validation_alias=AliasChoices("ragie_chunk_id", "chunk_id"))
+    end_page: int | None = None
+    page_label: str | None = Field(default=None, description="The page's printed label, where the PDF has one.")
+    rank: int | None = Field(default=None, description="The number the answer cites this source by: [rank].")
+    cited: bool = False
+    support: float | None = Field(default=None, description="0-1: how well the citing sentences match the passage.")
+
+    @computed_field
+    @property
+    def supported(self) -> bool | None:
+        """False flags a citation whose sentences the passage does not support."""
+        return None if self.support is None else self.support >= SUPPORT_THRESHOLD
 
 
 class ChatMessage(BaseModel):
@@ -45,6 +60,15 @@ class ChatMessage(BaseModel):
     created_at: datetime
     tokens_total: int | None = None
     processing_time_ms: int | None = None
+    model_used: str | None = None
+    temperature_used: float | None = None
+    tokens_prompt: int | None = None
+    tokens_completion: int | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("message_metadata", "metadata"),
+        description="Mode, timings, prompt version, citation check summary.",
+    )
 
 
 class ChatSession(BaseModel):
@@ -56,10 +80,17 @@ class ChatSession(BaseModel):
     is_archived: bool
     temperature: float
     model_name: str
+    mode: ResponseMode = Field(description="The session's default response mode.")
     created_at: datetime
     updated_at: datetime
     last_message_at: datetime | None = None
     message_count: int = 0
+
+
+class SendMessage(BaseModel):
+    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+    mode: ResponseMode | None = Field(default=None, description="Default: the session's mode.")
+    model: str | None = Field(default=None, description="Default: the configured model.")
 
 
 class RenameSession(BaseModel):

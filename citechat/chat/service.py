@@ -40,6 +40,7 @@ def to_schema(session: models.ChatSession, principal: Principal, message_count: 
         is_archived=session.is_archived,
         temperature=session.temperature,
         model_name=session.model_name,
+        mode=session.response_mode,
         created_at=session.created_at,
         updated_at=session.updated_at,
         last_message_at=session.last_message_at,

@@ -1,0 +1,124 @@
+"""One answer: a LlamaIndex ``CondensePlusContextChatEngine`` assembled per request.
+
+The engine gets the organization's retriever, the session's recent messages as history, the chosen mode's prompt
+templates and the configured LLM. Two node postprocessors shape what the model sees: ``SourceGate`` applies the
+Strict mode's relevance threshold (no source left: the fixed refusal is answered and no model is called), and
+``NumberSources`` puts a ``[n] document, page`` header on each passage so the answer can cite it. The extractive
+answerer reads the passages themselves, and skips condensing: it has no model to rewrite a follow-up with.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from llama_index.core.chat_engine import CondensePlusContextChatEngine
+from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from pydantic import PrivateAttr
+
+from citechat.pipeline.extractive import ExtractiveLLM
+from citechat.pipeline.modes import POLICIES, ResponseMode
+from citechat.pipeline.prompts import PromptSet
+
+
+class SourceGate(BaseNodePostprocessor):
+    """Drops passages below ``min_similarity`` (dense cosine, or the backend's score where there is none)."""
+
+    min_similarity: float | None = None
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None):
+        if self.min_similarity is None:
+            return nodes
+        return [n for n in nodes if _relevance(n) >= self.min_similarity]
+
+
+class NumberSources(BaseNodePostprocessor):
+    """Numbers the passages in order and records them (unnumbered) for saving and for the extractive answerer."""
+
+    _kept: list[NodeWithScore] = PrivateAttr(default_factory=list)
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None):
+        self._kept = list(nodes)
+        return [NodeWithScore(node=TextNode(text=_numbered(i, n)), score=n.score) for i, n in enumerate(nodes, 1)]
+
+    @property
+    def kept(self) -> list[NodeWithScore]:
+        return self._kept
+
+
+@dataclass
+class Generation:
+    """A started answer: its sources (numbered 1..n in this order), then its text as it streams."""
+
+    sources: list[NodeWithScore]
+    tokens: AsyncIterator[str]
+    refused: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+async def generate(
+    *,
+    question: str,
+    history: list[ChatMessage],
+    retriever: BaseRetriever,
+    llm: LLM,
+    prompts: PromptSet,
+    mode: ResponseMode,
+    min_similarity: float,
+) -> Generation:
+    policy = POLICIES[mode]
+    numbering = NumberSources()
+    extractive = isinstance(llm, ExtractiveLLM)
+    if extractive:
+        llm.question = question
+    engine = CondensePlusContextChatEngine.from_defaults(
+        retriever=retriever,
+        llm=llm,
+        system_prompt=prompts.system(mode),
+        context_prompt=prompts.context,
+        condense_prompt=prompts.condense,
+        skip_condense=extractive,
+        node_postprocessors=[
+            SourceGate(min_similarity=min_similarity if policy.refuses_without_relevant_source else None),
+            *([_FeedPassages(llm=llm)] if extractive else []),
+            numbering,
+        ],
+    )
+    response = await engine.astream_chat(question, chat_history=list(history))
+    sources = numbering.kept
+    if not sources:
+        text = prompts.strict_refusal if policy.refuses_without_relevant_source else _NO_SOURCES
+        return Generation(sources=[], tokens=_words(text), refused=True)
+    return Generation(sources=sources, tokens=response.async_response_gen())
+
+
+_NO_SOURCES = "There are no documents to answer from yet: upload some, then ask again."
+
+
+class _FeedPassages(BaseNodePostprocessor):
+    """Hands the passages to the extractive answerer (it answers from them, not from a prompt)."""
+
+    llm: ExtractiveLLM
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None):
+        self.llm.passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        return nodes
+
+
+def _relevance(node: NodeWithScore) -> float:
+    similarity = node.node.metadata.get("similarity")
+    return float(similarity if similarity is not None else (node.score or 0.0))
+
+
+def _numbered(number: int, node: NodeWithScore) -> str:
+    meta = node.node.metadata
+    where = meta.get("document_name", "document")
+    if meta.get("pages"):
+        where += f", page {meta['pages']}"
+    return f"[{number}] {where}\n{node.node.get_content(metadata_mode=MetadataMode.NONE)}"
+
+
+async def _words(text: str) -> AsyncIterator[str]:
+    for i, word in enumerate(text.split(" ")):
+        yield word if i == 0 else f" {word}"

@@ -1,0 +1,109 @@
+"""Asking in a session, end to end on the extractive default: real API, real index, real PDF."""
+
+import json
+import uuid
+
+import pytest
+
+from tests import samples
+from tests.test_documents import ingest
+
+API = "/api/v1/chat"
+REFUSAL = "I don't have enough information in your documents to answer that."
+
+
+@pytest.fixture
+async def asker(client, identity):
+    """Headers of a new user whose organization holds a four-page PDF (one topic per page), and their session."""
+    headers = identity(org=f"ask-{uuid.uuid4().hex[:8]}")
+    document = await ingest(client, headers, samples.pdf(samples.TOPICS), "field-notes.pdf", name="Field notes")
+    assert document["status"] == "ready"
+    session = (await client.get(f"{API}/session", headers=headers)).json()
+    return headers, session
+
+
+def parse_sse(body: str) -> list[tuple[int, str, dict]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def test_answer_cites_the_right_page(client, asker):
+    headers, session = asker
+    question = "How much did the glacier retreat at the Vatnajokull outlet?"
+    response = await client.post(
+        f"{API}/message",
+        params={"session_id": session["id"]},
+        json={"question": question, "mode": "balanced"},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["role"], answer["status"], answer["model_used"]) == ("assistant", "completed", "extractive")
+    assert "312 metres" in answer["content"] and "[" in answer["content"]
+    cited = [s for s in answer["sources"] if s["cited"]]
+    assert cited and cited[0]["page_number"] == 3 and cited[0]["document_name"] == "Field notes"
+    assert cited[0]["supported"] is True and f"[{cited[0]['rank']}]" in answer["content"]
+    assert answer["metadata"]["mode"] == "balanced" and answer["temperature_used"] == 0.5
+    assert answer["metadata"]["prompt_version"] and answer["tokens_total"] > 0
+
+    history = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["sources"] == answer["sources"]  # a reload shows exactly the same citations
+    listed = (await client.get(f"{API}/session", headers=headers)).json()
+    assert listed["title"] == question[:50] + "..." and listed["message_count"] == 2
+
+
+async def test_stream_events_in_order(client, asker):
+    headers, session = asker
+    response = await client.post(
+        f"{API}/message/stream",
+        params={"session_id": session["id"]},
+        json={"question": "What did the bakery's quarterly revenue rise to?"},
+        headers=headers,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    names = [name for _, name, _ in events]
+    assert names[:2] == ["user_message", "sources"] and names[-1] == "done"
+    assert set(names[2:-1]) == {"token"} and len(names[2:-1]) > 1
+    assert [number for number, _, _ in events] == list(range(1, len(events) + 1))
+    user, sources, done = events[0][2], events[1][2]["sources"], events[-1][2]
+    assert user["role"] == "user" and user["content"].startswith("What did the bakery")
+    assert [s["rank"] for s in sources] == list(range(1, len(sources) + 1))
+    streamed = "".join(data["delta"] for _, name, data in events if name == "token")
+    assert done["content"] == streamed and "7.4 million" in done["content"]
+    assert done["status"] == "completed" and any(s["cited"] and s["page_number"] == 2 for s in done["sources"])
+
+
+async def test_strict_refuses_without_relevant_sources(client, asker):
+    headers, session = asker
+    response = await client.post(
+        f"{API}/message",
+        params={"session_id": session["id"]},
+        json={"question": "Which opera did Verdi write in 1853?", "mode": "strict"},
+        headers=headers,
+    )
+    answer = response.json()
+    assert answer["content"] == REFUSAL and answer["sources"] == []
+    assert answer["metadata"]["refused"] is True and answer["status"] == "completed"
+
+
+async def test_refusals_and_bad_input(client, asker, identity):
+    headers, session = asker
+    url = f"{API}/message"
+    for body in ({"question": ""}, {"question": "   "}, {"question": "x" * 5001}, {"question": "ok", "mode": "wild"}):
+        assert (
+            await client.post(url, params={"session_id": session["id"]}, json=body, headers=headers)
+        ).status_code == 422
+    assert (await client.post(url, json={"question": "hi"}, headers=headers)).status_code == 422  # no session_id
+    stranger = identity()
+    response = await client.post(url, params={"session_id": session["id"]}, json={"question": "hi"}, headers=stranger)
+    assert response.status_code == 404
+    await client.post(f"{API}/session/{session['id']}/archive", headers=headers)
+    response = await client.post(url, params={"session_id": session["id"]}, json={"question": "hi"}, headers=headers)
+    assert response.status_code == 409 and "read-only" in response.json()["detail"]
+    messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert messages == []  # nothing was stored for refused requests
