@@ -6,6 +6,7 @@ other's rows.
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,8 +60,20 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://citechat.test") as c:
+    async with _client(app) as c:
+        yield c
+
+
+@asynccontextmanager
+async def _client(app: FastAPI, **transport: object) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, **transport), base_url="http://t") as c:
+        yield c
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI, **transport: object) -> AsyncIterator[httpx.AsyncClient]:
+    """Runs the app's lifespan and yields a client for it (for tests that need their own settings or routes)."""
+    async with LifespanManager(app), _client(app, **transport) as c:
         yield c
 
 

@@ -1,13 +1,12 @@
 """The app's edges: health probes, error bodies, OpenAPI, CORS."""
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 
 from citechat.api.app import create_app
 from citechat.settings import Settings
-from tests.conftest import derive
+from tests.conftest import client_for, derive
 from tests.test_migrations import _downgrade_to_base
 
 
@@ -20,13 +19,11 @@ async def test_health_and_readiness(client: httpx.AsyncClient):
 async def test_readiness_fails_when_schema_is_behind(settings: Settings, fresh_engine):
     url = fresh_engine.url.render_as_string(hide_password=False)
     application = create_app(derive(settings, database_url=url))
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            assert (await c.get("/readyz")).status_code == 200
-            async with fresh_engine.begin() as conn:
-                await conn.run_sync(_downgrade_to_base)
-            response = await c.get("/readyz")
+    async with client_for(application) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        async with fresh_engine.begin() as conn:
+            await conn.run_sync(_downgrade_to_base)
+        response = await c.get("/readyz")
     assert response.status_code == 503
     assert "citechat db upgrade" in response.json()["detail"]
 
@@ -38,10 +35,8 @@ async def test_unexpected_errors_are_json_500_without_internals(settings: Settin
     async def boom() -> None:
         raise RuntimeError("password=hunter2 at /secret/path.py line 7")
 
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            response = await c.get("/boom")
+    async with client_for(application, raise_app_exceptions=False) as c:
+        response = await c.get("/boom")
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error"}
     assert "hunter2" not in response.text and "Traceback" not in response.text
@@ -55,10 +50,8 @@ async def test_database_outage_is_503(settings: Settings):
         async with application.state.database.sessions() as db:
             await db.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            response = await c.get("/query")
+    async with client_for(application, raise_app_exceptions=False) as c:
+        response = await c.get("/query")
     assert response.status_code == 503
     assert response.json() == {"detail": "the database is unavailable; try again shortly"}
 

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import jwt
 import pytest
-from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import func, select
 
@@ -19,7 +18,7 @@ from citechat.api.app import create_app
 from citechat.auth.models import Membership, Organization, User
 from citechat.auth.tokens import auth_secret, parse_ttl
 from citechat.settings import Settings
-from tests.conftest import TEST_SECRET, derive, token_for
+from tests.conftest import TEST_SECRET, client_for, derive, token_for
 
 SESSION = "/api/v1/chat/session"
 
@@ -185,10 +184,8 @@ async def jwks_client(settings: Settings, jwks_server: _JwksServer):
         settings, **{"auth_secret": None, "auth_jwks_url": jwks_server.url, "auth_audience": "citechat"}
     )
     application = create_app(jwks_settings)
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://citechat.test") as c:
-            yield c
+    async with client_for(application) as c:
+        yield c
 
 
 @pytest.mark.parametrize(("key", "kid", "alg"), [("rsa", "rsa-1", "RS256"), ("ec", "ec-1", "ES256")])
@@ -220,11 +217,9 @@ async def test_jwks_rejections(jwks_client, signing_keys):
 async def test_unreachable_jwks_is_503_not_500(settings: Settings, signing_keys):
     dead = derive(settings, auth_secret=None, auth_jwks_url="http://127.0.0.1:9/jwks.json")
     application = create_app(dead)
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://citechat.test") as c:
-            token = jwt.encode(_payload(), signing_keys["rsa"], "RS256", headers={"kid": "rsa-1"})
-            response = await c.get(SESSION, headers=_bearer(token))
+    async with client_for(application) as c:
+        token = jwt.encode(_payload(), signing_keys["rsa"], "RS256", headers={"kid": "rsa-1"})
+        response = await c.get(SESSION, headers=_bearer(token))
     assert response.status_code == 503
     assert response.json() == {"detail": "token keys are unavailable; try again shortly"}
 

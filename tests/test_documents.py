@@ -5,14 +5,13 @@ import uuid
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select, update
 
 from citechat.api.app import create_app
 from citechat.documents import models
 from citechat.retrievers.base import IndexMismatch, Organization
 from tests import samples
-from tests.conftest import derive
+from tests.conftest import client_for, derive
 
 DOCS = "/api/v1/documents"
 
@@ -179,13 +178,11 @@ async def test_bad_metadata_and_missing_file(client, org_headers):
 
 async def test_oversized_upload_is_413(settings, identity):
     application = create_app(derive(settings, max_upload_mb=0.01))
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            headers = identity()
-            response = await upload(client, headers, b"x" * 20_000, "big.txt")
-            assert response.status_code == 413 and "limit is" in response.json()["detail"]
-            assert (await client.get(DOCS, headers=headers)).json() == []
+    async with client_for(application) as client:
+        headers = identity()
+        response = await upload(client, headers, b"x" * 20_000, "big.txt")
+        assert response.status_code == 413 and "limit is" in response.json()["detail"]
+        assert (await client.get(DOCS, headers=headers)).json() == []
 
 
 async def test_identical_reupload_returns_the_existing_document(client, org_headers):
@@ -250,17 +247,13 @@ async def test_pending_documents_resume_after_restart(settings, identity, org_he
     """A document accepted but not indexed when the process stopped is indexed on the next start."""
     _, headers = org_headers()
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with client_for(application) as client:
         application.state.ingestion.submit = lambda document_id: None  # the process "dies" before indexing
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            accepted = await upload(client, headers, b"Resumable lighthouse document.", "resume.txt")
-            assert accepted.json()["status"] == "pending"
+        accepted = await upload(client, headers, b"Resumable lighthouse document.", "resume.txt")
+        assert accepted.json()["status"] == "pending"
     restarted = create_app(settings)
-    async with LifespanManager(restarted):
-        transport = httpx.ASGITransport(app=restarted)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            assert (await wait_done(client, headers, accepted.json()["id"]))["status"] == "ready"
+    async with client_for(restarted) as client:
+        assert (await wait_done(client, headers, accepted.json()["id"]))["status"] == "ready"
 
 
 async def test_embedding_model_mismatch_asks_for_reindex(app, db, org_headers):

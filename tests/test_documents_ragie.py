@@ -16,7 +16,7 @@ from citechat.api.app import create_app
 from citechat.retrievers.base import Organization
 from citechat.retrievers.ragie import partition_for
 from citechat.settings import Settings
-from tests.conftest import derive
+from tests.conftest import client_for, derive
 from tests.standins.ragie import RagieStandIn
 from tests.test_documents import DOCS, org_of, upload, wait_done
 
@@ -119,9 +119,7 @@ async def test_unreachable_ragie_fails_the_document_with_a_retryable_reason(sett
     application = create_app(
         derive(settings, retriever="ragie", ragie_api_key=KEY, ragie_base_url="http://127.0.0.1:9", ragie_timeout_s=1)
     )
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            headers = identity()
-            document = await wait_done(client, headers, (await upload(client, headers, b"text", "t.txt")).json()["id"])
+    async with client_for(application) as client:
+        headers = identity()
+        document = await wait_done(client, headers, (await upload(client, headers, b"text", "t.txt")).json()["id"])
     assert document["status"] == "failed" and "could not be reached" in document["error"]
