@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     retriever: Literal["local", "ragie"] | None = Field(
         default=None, description="Retrieval backend; unset: ragie when RAGIE_API_KEY is set, else local."
     )
+    llm: Literal["extractive", "openai", "openai-compatible"] = Field(
+        default="extractive", description="What writes answers: extractive (no model), openai, openai-compatible."
+    )
+    llm_model: str | None = Field(default=None, description="Default model (openai: gpt-4o; required otherwise).")
+    llm_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated models a request may choose (default: the default model)."
+    )
+    llm_base_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server (.../v1).")
+    llm_api_key: SecretStr | None = Field(default=None, description="API key of the OpenAI-compatible server.")
+    llm_timeout_s: float = Field(default=60, gt=0, description="Timeout of one model request, in seconds.")
+    llm_context_window: int = Field(default=8192, ge=512, description="Context window of the compatible model.")
     strict_min_similarity: float = Field(
         default=0.3, ge=-1, le=1, description="Strict mode answers only from passages at least this similar."
     )
@@ -76,7 +87,7 @@ class Settings(BaseSettings):
         default=1800, gt=0, description="How long Ragie may take to index one document before it counts as failed."
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "llm_models", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

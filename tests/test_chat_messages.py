@@ -107,3 +107,21 @@ async def test_refusals_and_bad_input(client, asker, identity):
     assert response.status_code == 409 and "read-only" in response.json()["detail"]
     messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assert messages == []  # nothing was stored for refused requests
+
+
+async def test_models_of_the_extractive_default(client, asker):
+    headers, session = asker
+    assert (await client.get(f"{API}/models", headers=headers)).json() == {
+        "provider": "extractive",
+        "models": ["extractive"],
+        "default": "extractive",
+    }
+    response = await client.post(
+        f"{API}/message",
+        params={"session_id": session["id"]},
+        json={"question": "hi", "model": "gpt-4o"},
+        headers=headers,
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "model 'gpt-4o' is not available; available: extractive"
+    assert (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json() == []

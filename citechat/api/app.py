@@ -17,6 +17,7 @@ from citechat.chat import routes as chat_routes
 from citechat.chat.answering import Answering
 from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
+from citechat.pipeline.llms import provider_from_settings
 from citechat.pipeline.prompts import PromptStore
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.answering = Answering(
                 sessions=runtime.database.sessions,
                 index=runtime.index,
+                llms=provider_from_settings(settings),
                 prompts=PromptStore(settings.prompts_dir),
                 top_k=settings.retrieval_top_k,
                 min_similarity=settings.strict_min_similarity,

@@ -24,7 +24,7 @@ from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.errors import CitechatError, Conflict, NotFound
 from citechat.pipeline import citations, engine
-from citechat.pipeline.extractive import ExtractiveLLM
+from citechat.pipeline.llms import EXTRACTIVE, LLMProvider, describe_failure
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
 from citechat.retrievers.base import IndexBackend, Organization
@@ -49,6 +49,7 @@ class Turn:
     assistant_id: uuid.UUID
     question: str
     mode: ResponseMode
+    model: str
     history: list[LLMMessage]
     started: float = field(default_factory=time.perf_counter)
 
@@ -59,11 +60,13 @@ class Answering:
 
     sessions: async_sessionmaker[AsyncSession]
     index: IndexBackend
+    llms: LLMProvider
     prompts: PromptStore
     top_k: int
     min_similarity: float
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
+        model = self.llms.choose(request.model)
         async with self.sessions() as db:
             session = await db.scalar(
                 select(models.ChatSession)
@@ -87,7 +90,7 @@ class Answering:
                 role="assistant",
                 content="",
                 status="pending",
-                model_used="extractive",
+                model_used=model,
                 temperature_used=POLICIES[mode].temperature,
                 message_metadata={"mode": mode.value},
             )
@@ -98,7 +101,7 @@ class Answering:
                 session.title = question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
             session.last_message_at = utcnow()
             await db.commit()
-            return Turn(principal, session_id, user, assistant.id, question, mode, history)
+            return Turn(principal, session_id, user, assistant.id, question, mode, model, history)
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
         yield Event("user_message", _message_json(turn.user_message, []))
@@ -111,7 +114,7 @@ class Answering:
                 question=turn.question,
                 history=turn.history,
                 retriever=self.index.retriever(organization, self.top_k),
-                llm=ExtractiveLLM(),
+                llm=self.llms.create(turn.model, POLICIES[turn.mode].temperature),
                 prompts=prompts,
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
@@ -133,10 +136,8 @@ class Answering:
             message = await self._complete(turn, report, timings, prompts.version, generation.refused)
             yield Event("done", message)
         except Exception as exc:
-            detail = exc.detail if isinstance(exc, CitechatError) else "the answer could not be generated"
-            if not isinstance(exc, CitechatError):
-                log.exception("answer %s failed at %s", turn.assistant_id, stage)
-            retryable = bool(getattr(exc, "retryable", not isinstance(exc, CitechatError)))
+            detail, retryable, expected = _failure(exc)
+            log.warning("answer %s failed at %s: %s", turn.assistant_id, stage, detail, exc_info=not expected)
             await self._fail(turn, detail, {"stage": stage, "retryable": retryable})
             yield Event("error", {"message_id": str(turn.assistant_id), "detail": detail, "retryable": retryable})
 
@@ -172,7 +173,7 @@ class Answering:
                 **(assistant.message_metadata or {}),
                 "timings": timings,
                 "prompt_version": prompt_version,
-                "extractive": True,
+                "extractive": self.llms.name == EXTRACTIVE,
                 "refused": refused,
                 "citations": {
                     "removed_markers": list(report.removed_markers),
@@ -230,6 +231,16 @@ def _message_json(message: models.ChatMessage, sources: list[models.ChatSource])
     columns = {column.key: getattr(message, column.key) for column in models.ChatMessage.__table__.columns}
     body = schemas.ChatMessage.model_validate(columns | {"sources": []}).model_dump(mode="json")
     return body | {"sources": [_source_json(s) for s in sources]}
+
+
+def _failure(exc: Exception) -> tuple[str, bool, bool]:
+    """What the user is told, whether trying again may help, and whether the failure was an expected kind (a
+    typed error or a provider's); internals never reach the user, unexpected ones reach the log with a traceback."""
+    if isinstance(exc, CitechatError):
+        return exc.detail, bool(getattr(exc, "retryable", False)), True
+    if described := describe_failure(exc):
+        return *described, True
+    return "the answer could not be generated", True, False
 
 
 def _ms(since: float) -> int:

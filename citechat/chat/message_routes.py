@@ -24,6 +24,12 @@ class AnswerFailed(CitechatError):
     status_code = 502
 
 
+@router.get("/models", summary="The models answers can be asked of")
+async def list_models(request: Request, principal: CurrentPrincipal) -> schemas.Models:
+    llms = request.app.state.answering.llms
+    return schemas.Models(provider=llms.name, models=list(llms.models), default=llms.default_model)
+
+
 @router.post("/message", summary="Ask, and get the completed answer")
 async def send_message(
     request: Request, body: schemas.SendMessage, session_id: SessionId, principal: CurrentPrincipal

@@ -87,6 +87,12 @@ class ChatSession(BaseModel):
     message_count: int = 0
 
 
+class Models(BaseModel):
+    provider: str = Field(description="extractive, openai or openai-compatible.")
+    models: list[str]
+    default: str
+
+
 class SendMessage(BaseModel):
     question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
     mode: ResponseMode | None = Field(default=None, description="Default: the session's mode.")

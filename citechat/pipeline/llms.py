@@ -1,0 +1,98 @@
+"""The model that writes answers (``CITECHAT_LLM``): which models it serves, and a fresh LLM per request.
+
+- ``extractive`` (default, needs nothing): answers with sentences taken from the sources (``extractive.py``).
+- ``openai``: OpenAI's API with ``OPENAI_API_KEY``; the models offered are a setting (``CITECHAT_LLM_MODELS``).
+- ``openai-compatible``: any server speaking OpenAI's chat API (vLLM, Ollama, llama.cpp server) at
+  ``CITECHAT_LLM_BASE_URL``.
+"""
+
+from dataclasses import dataclass
+
+from llama_index.core.llms import LLM
+
+from citechat.errors import CitechatError, ConfigurationError
+from citechat.pipeline.extractive import ExtractiveLLM
+from citechat.settings import Settings
+
+EXTRACTIVE = "extractive"
+
+
+class UnavailableModel(CitechatError):
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class LLMProvider:
+    name: str
+    models: tuple[str, ...]
+    default_model: str
+    settings: Settings
+
+    def choose(self, requested: str | None) -> str:
+        model = requested or self.default_model
+        if model not in self.models:
+            raise UnavailableModel(f"model {model!r} is not available; available: {', '.join(self.models)}")
+        return model
+
+    def create(self, model: str, temperature: float) -> LLM:
+        s = self.settings
+        if self.name == EXTRACTIVE:
+            return ExtractiveLLM()
+        if self.name == "openai":
+            from llama_index.llms.openai import OpenAI
+
+            return OpenAI(
+                model=model,
+                temperature=temperature,
+                api_key=s.openai_api_key.get_secret_value(),
+                api_base=s.openai_base_url,
+                timeout=s.llm_timeout_s,
+                max_retries=2,
+            )
+        from llama_index.llms.openai_like import OpenAILike
+
+        return OpenAILike(
+            model=model,
+            temperature=temperature,
+            api_base=s.llm_base_url,
+            api_key=s.llm_api_key.get_secret_value() if s.llm_api_key else "unused",
+            is_chat_model=True,
+            context_window=s.llm_context_window,
+            timeout=s.llm_timeout_s,
+            max_retries=2,
+        )
+
+
+def provider_from_settings(settings: Settings) -> LLMProvider:
+    if settings.llm == EXTRACTIVE:
+        return LLMProvider(EXTRACTIVE, (EXTRACTIVE,), EXTRACTIVE, settings)
+    if settings.llm == "openai":
+        if settings.openai_api_key is None:
+            raise ConfigurationError("CITECHAT_LLM=openai needs OPENAI_API_KEY")
+        models = tuple(settings.llm_models or ["gpt-4o", "gpt-4o-mini"])
+        return LLMProvider("openai", models, settings.llm_model or models[0], settings)
+    if not settings.llm_base_url or not settings.llm_model:
+        raise ConfigurationError("CITECHAT_LLM=openai-compatible needs CITECHAT_LLM_BASE_URL and CITECHAT_LLM_MODEL")
+    models = tuple(settings.llm_models or [settings.llm_model])
+    return LLMProvider("openai-compatible", models, settings.llm_model, settings)
+
+
+def describe_failure(exc: Exception) -> tuple[str, bool] | None:
+    """(what to tell the user, whether retrying may help) for a provider's error; None when it is not one."""
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - openai comes with llama-index-llms-openai
+        return None
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return "the language model rejected the configured API key", False
+    if isinstance(exc, openai.RateLimitError):
+        return "the language model is rate limiting requests; try again shortly", True
+    if isinstance(exc, openai.APITimeoutError):
+        return "the language model did not answer in time; try again", True
+    if isinstance(exc, openai.APIConnectionError):
+        return "the language model could not be reached; try again shortly", True
+    if isinstance(exc, openai.InternalServerError):
+        return "the language model failed; try again", True
+    if isinstance(exc, openai.APIStatusError):
+        return f"the language model refused the request ({exc.status_code})", False
+    return None
