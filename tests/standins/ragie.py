@@ -28,21 +28,20 @@ Every request is kept in ``requests`` so tests can assert what went over the wir
 import asyncio
 import json
 import re
-import socket
 import threading
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from tests.standins.server import BackgroundServer
 
 # The statuses Ragie documents for an ingest, in order (``Documents.create`` in the SDK).
 STATUSES = (
@@ -159,9 +158,6 @@ class RagieStandIn:
         self.fail_processing: str | None = None
         self._faults: deque[tuple[int, str | None, str]] = deque()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
         self.app = Starlette(
             routes=[
                 Route("/retrievals", self._retrievals, methods=["POST"]),
@@ -169,10 +165,15 @@ class RagieStandIn:
                 Route("/documents/{document_id}", self._document, methods=["GET", "DELETE"]),
             ]
         )
+        self._background = BackgroundServer(self.app, name="Ragie stand-in")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._background.url
+
+    @property
+    def port(self) -> int:
+        return self._background.port
 
     def fail_next(self, status: int, times: int = 1, *, method: str | None = None, path: str = "/") -> None:
         """Answer the next ``times`` requests (of ``method``, under ``path``) with ``status``: 429 and 500 as
@@ -198,28 +199,11 @@ class RagieStandIn:
         return [r for r in self.requests if r.method == method and r.path == path]
 
     def start(self) -> "RagieStandIn":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Ragie stand-in did not start")
-            time.sleep(0.01)
+        self._background.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-            self._server = self._thread = None
+        self._background.stop()
 
     def __enter__(self) -> "RagieStandIn":
         return self.start()

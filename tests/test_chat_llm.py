@@ -1,0 +1,130 @@
+"""Answers written by a model: CITECHAT_LLM=openai-compatible against a stand-in for OpenAI's chat API
+(tests/standins/openai.py, which follows OpenAI's documented wire format)."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from citechat.api.app import create_app
+from tests import samples
+from tests.conftest import client_for, derive
+from tests.standins.openai import OpenAIStandIn
+from tests.test_documents import ingest
+
+API = "/api/v1/chat"
+KEY = "standin-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[OpenAIStandIn]:
+    with OpenAIStandIn(api_key=KEY, models=("standin-model",)) as server:
+        yield server
+
+
+@pytest.fixture
+async def llm_client(settings, model_server) -> AsyncIterator:
+    model_server.reset()
+    configured = derive(
+        settings,
+        llm="openai-compatible",
+        llm_base_url=model_server.base_url,
+        llm_model="standin-model",
+        llm_api_key=KEY,
+    )
+    async with client_for(create_app(configured)) as client:
+        yield client
+
+
+@pytest.fixture
+async def asking(llm_client, identity):
+    headers = identity(org=f"llm-{uuid.uuid4().hex[:8]}")
+    document = await ingest(llm_client, headers, samples.pdf(samples.TOPICS), "field-notes.pdf", name="Field notes")
+    assert document["status"] == "ready"
+    session = (await llm_client.get(f"{API}/session", headers=headers)).json()
+
+    async def ask(question: str, **body) -> dict:
+        response = await llm_client.post(
+            f"{API}/message",
+            params={"session_id": session["id"]},
+            json={"question": question, **body},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    return ask
+
+
+def _system(request: dict) -> str:
+    return "\n".join(m["content"] for m in request["messages"] if m["role"] == "system")
+
+
+@pytest.mark.parametrize(
+    ("mode", "temperature", "phrase"),
+    [
+        ("strict", 0.1, "Use only facts stated in the sources"),
+        ("balanced", 0.5, "You may draw reasonable inferences"),
+        ("creative", 0.9, "You may add broader context"),
+    ],
+)
+async def test_each_mode_reaches_the_model(asking, model_server, mode, temperature, phrase):
+    answer = await asking("How far did the glacier retreat?", mode=mode)
+    request = model_server.answer_requests()[-1]
+    assert request["temperature"] == temperature and request["model"] == "standin-model"
+    system = _system(request)
+    assert phrase in system
+    assert "[1] Field notes, page" in system  # numbered sources, with document and page, before the rules
+    assert answer["content"] == "Answer from the first source [1]."
+    assert answer["model_used"] == "standin-model" and answer["temperature_used"] == temperature
+    assert answer["sources"][0]["cited"] is True and answer["metadata"]["extractive"] is False
+
+
+async def test_invented_markers_are_removed(asking, model_server):
+    model_server.queue_answers("The glacier retreated 312 metres [1]. It also grew a second glacier [7].")
+    answer = await asking("How far did the glacier retreat?", mode="balanced")
+    assert answer["content"] == "The glacier retreated 312 metres [1]. It also grew a second glacier."
+    assert answer["metadata"]["citations"]["removed_markers"] == [7]
+    assert [s["cited"] for s in answer["sources"]].count(True) == 1
+
+
+async def test_memory_holds_the_last_five_messages(asking, model_server):
+    questions = [f"Question number {i} about the glacier?" for i in range(1, 5)]
+    for question in questions[:3]:
+        await asking(question, mode="balanced")
+    model_server.reset()
+    await asking(questions[3], mode="balanced")
+    [condense] = model_server.condense_requests()
+    final = model_server.answer_requests()[-1]
+    history = [m["content"] for m in final["messages"] if m["role"] in ("user", "assistant")][:-1]
+    assert len(history) == 5  # six earlier messages, the oldest of them left out
+    assert questions[0] not in " ".join(history)
+    assert history[1] == questions[1]
+    assert final["messages"][-1]["content"] == questions[3]  # the question is not sent twice
+    assert questions[2] in condense["messages"][-1]["content"]  # the follow-up was condensed with the history
+
+
+async def test_provider_failure_ends_the_stream_with_an_error(llm_client, model_server, identity):
+    from tests.test_chat_messages import parse_sse
+
+    headers = identity(org=f"fail-{uuid.uuid4().hex[:8]}")
+    await ingest(llm_client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
+    session = (await llm_client.get(f"{API}/session", headers=headers)).json()
+    model_server.fail_next(500, times=3, retry_after_ms=1)
+    response = await llm_client.post(
+        f"{API}/message/stream",
+        params={"session_id": session["id"]},
+        json={"question": "How far did the glacier retreat?", "mode": "balanced"},
+        headers=headers,
+    )
+    events = parse_sse(response.text)
+    assert [name for _, name, _ in events][-1] == "error"
+    error = events[-1][2]
+    assert error == {
+        "message_id": error["message_id"],
+        "detail": "the language model failed; try again",
+        "retryable": True,
+    }
+    messages = (await llm_client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [(m["role"], m["status"]) for m in messages] == [("user", "completed"), ("assistant", "failed")]
+    assert messages[1]["error_message"] == "the language model failed; try again"
