@@ -75,6 +75,60 @@ def db_upgrade() -> None:
 
 
 @app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="What to ask.")],
+    org: Annotated[str, typer.Option(help="Organization whose documents answer.")],
+    user: Annotated[str, typer.Option(help="User whose chat session it goes to.")] = "cli",
+    mode: Annotated[str | None, typer.Option(help="strict, balanced or creative (default: the session's).")] = None,
+    session: Annotated[str | None, typer.Option(help="Session id (default: the user's active session).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the configured one).")] = None,
+) -> None:
+    """Ask a question in the terminal: the answer streams, then its sources with pages."""
+    import uuid
+
+    from citechat.auth.service import provision
+    from citechat.chat import schemas
+    from citechat.chat import service as chat_service
+    from citechat.runtime import open_runtime
+
+    try:
+        request = schemas.SendMessage(question=question, mode=mode, model=model)
+        session_id = uuid.UUID(session) if session else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    async def run() -> int:
+        async with open_runtime(Settings(), resume_ingestion=False) as runtime:
+            async with runtime.database.sessions() as db:
+                principal = await provision(db, user, org)
+                target = session_id or (await chat_service.get_or_create_active(db, principal)).id
+            turn = await runtime.answering.begin(principal, target, request)
+            async for event in runtime.answering.run(turn):
+                if event.name == "token":
+                    typer.echo(event.data["delta"], nl=False)
+                elif event.name == "done":
+                    typer.echo("\n")
+                    for source in event.data["sources"]:
+                        pages = f", page {source['page_number']}" if source["page_number"] else ""
+                        mark = "cited" if source["cited"] else "not cited"
+                        if source["cited"] and source["supported"] is False:
+                            mark += ", unsupported"
+                        typer.echo(f"[{source['rank']}] {source['document_name']}{pages} ({mark})")
+                elif event.name == "error":
+                    typer.echo(f"\nfailed: {event.data['detail']}", err=True)
+                    return 1
+            return 0
+
+    logging.config.dictConfig(logging_config("warning"))
+    try:
+        code = asyncio.run(run())
+    except CitechatError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively).")],
     org: Annotated[str, typer.Option(help="Organization id the documents belong to.")],

@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from citechat.chat.answering import Answering
 from citechat.db.database import Database, open_database
 from citechat.documents.ingestion import Ingestion
+from citechat.pipeline.llms import provider_from_settings
+from citechat.pipeline.prompts import PromptStore
 from citechat.retrievers.base import IndexBackend
 from citechat.retrievers.factory import index_from_settings
 from citechat.settings import Settings
@@ -21,6 +24,7 @@ class Runtime:
     database: Database
     index: IndexBackend
     ingestion: Ingestion
+    answering: Answering
 
 
 @asynccontextmanager
@@ -33,4 +37,12 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
         stack.push_async_callback(ingestion.aclose)
         if resume_ingestion and (resumed := await ingestion.resume()):
             log.info("resumed indexing of %d document(s)", resumed)
-        yield Runtime(settings, database, index, ingestion)
+        answering = Answering(
+            sessions=database.sessions,
+            index=index,
+            llms=provider_from_settings(settings),
+            prompts=PromptStore(settings.prompts_dir),
+            top_k=settings.retrieval_top_k,
+            min_similarity=settings.strict_min_similarity,
+        )
+        yield Runtime(settings, database, index, ingestion, answering)

@@ -118,3 +118,15 @@ def test_reindex_after_a_model_change(run_cli, tmp_path: Path, postgres_url: str
     assert "documents re-indexed with minilm" in result.stdout
     listing = run_cli("documents", "--org", org)
     assert listing.stdout.count("ready") == 2 and "failed" not in listing.stdout
+
+
+def test_ask_streams_an_answer_with_its_sources(run_cli, tmp_path: Path):
+    org = f"ask-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "notes.pdf").write_bytes(samples.pdf(samples.TOPICS))
+    assert run_cli("ingest", str(tmp_path / "notes.pdf"), "--org", org).returncode == 0
+    result = run_cli("ask", "How far did the glacier retreat?", "--org", org, "--mode", "balanced")
+    assert result.returncode == 0, result.stderr
+    assert "312 metres" in result.stdout
+    assert "notes.pdf, page 3 (cited)" in result.stdout
+    bad = run_cli("ask", "hi", "--org", org, "--mode", "wild")
+    assert bad.returncode == 2

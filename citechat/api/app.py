@@ -14,11 +14,8 @@ from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
 from citechat.chat import message_routes
 from citechat.chat import routes as chat_routes
-from citechat.chat.answering import Answering
 from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
-from citechat.pipeline.llms import provider_from_settings
-from citechat.pipeline.prompts import PromptStore
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
@@ -46,14 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.database = runtime.database
             app.state.index = runtime.index
             app.state.ingestion = runtime.ingestion
-            app.state.answering = Answering(
-                sessions=runtime.database.sessions,
-                index=runtime.index,
-                llms=provider_from_settings(settings),
-                prompts=PromptStore(settings.prompts_dir),
-                top_k=settings.retrieval_top_k,
-                min_similarity=settings.strict_min_similarity,
-            )
+            app.state.answering = runtime.answering
             log.info("citechat ready (%s database)", "embedded" if settings.embedded_database else "external")
             yield
 

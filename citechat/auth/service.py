@@ -61,13 +61,21 @@ class Authenticator:
         if (ids := self._known.get(key)) is not None:
             self._known.move_to_end(key)
             return ids
-        params = {"sub": claims.subject, "name": claims.name, "email": claims.email, "org": org}
-        row = (await db.execute(_PROVISION, params)).one()
-        await db.commit()
-        self._known[key] = ids = (row.user_id, row.organization_id)
+        principal = await provision(db, claims.subject, org, name=claims.name, email=claims.email)
+        self._known[key] = ids = (principal.user_id, principal.organization_id)
         if len(self._known) > self._cache_size:
             self._known.popitem(last=False)
         return ids
+
+
+async def provision(
+    db: AsyncSession, user: str, organization: str, *, name: str | None = None, email: str | None = None
+) -> Principal:
+    """The user acting in the organization, both (and the membership) created if new."""
+    params = {"sub": user, "name": name, "email": email, "org": organization}
+    row = (await db.execute(_PROVISION, params)).one()
+    await db.commit()
+    return Principal(row.user_id, row.organization_id, user, organization)
 
 
 async def ensure_organization(db: AsyncSession, external_id: str) -> uuid.UUID:
