@@ -125,3 +125,32 @@ async def test_models_of_the_extractive_default(client, asker):
     assert response.status_code == 422
     assert response.json()["detail"] == "model 'gpt-4o' is not available; available: extractive"
     assert (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json() == []
+
+
+async def test_conversation_cites_the_right_page_each_turn(client, asker):
+    headers, session = asker
+    for question, page, fact in [
+        ("How far did the glacier retreat?", 3, "312 metres"),
+        ("What did the bakery's quarterly revenue rise to?", 2, "7.4 million"),
+        ("How many storms did the lighthouse keeper log?", 1, "forty storms"),
+    ]:
+        answer = (
+            await client.post(
+                f"{API}/message", params={"session_id": session["id"]}, json={"question": question}, headers=headers
+            )
+        ).json()
+        assert fact in answer["content"]
+        assert next(s["page_number"] for s in answer["sources"] if s["cited"]) == page
+    history = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [m["role"] for m in history] == ["user", "assistant"] * 3
+
+
+async def test_session_mode_is_the_default(client, asker):
+    headers, session = asker
+    await client.patch(f"{API}/session/{session['id']}", json={"mode": "creative"}, headers=headers)
+    answer = (
+        await client.post(
+            f"{API}/message", params={"session_id": session["id"]}, json={"question": "glacier?"}, headers=headers
+        )
+    ).json()
+    assert answer["metadata"]["mode"] == "creative" and answer["temperature_used"] == 0.9

@@ -141,6 +141,16 @@ async def test_rename(client: httpx.AsyncClient, identity):
     assert (await client.get(f"{API}/session", headers=headers)).json()["title"] == "Q3 filings"
 
 
+async def test_set_default_mode(client: httpx.AsyncClient, identity):
+    headers = identity()
+    session = (await client.get(f"{API}/session", headers=headers)).json()
+    assert (session["mode"], session["temperature"]) == ("strict", 0.1)
+    updated = (await client.patch(f"{API}/session/{session['id']}", json={"mode": "creative"}, headers=headers)).json()
+    assert (updated["mode"], updated["temperature"], updated["title"]) == ("creative", 0.9, "New Chat")
+    bad = await client.patch(f"{API}/session/{session['id']}", json={"mode": "loud"}, headers=headers)
+    assert bad.status_code == 422
+
+
 async def test_messages_newest_window_in_chronological_order(client: httpx.AsyncClient, identity, db):
     headers = identity()
     session = (await client.get(f"{API}/session", headers=headers)).json()

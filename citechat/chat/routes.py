@@ -49,11 +49,11 @@ async def get_session_messages(
     return [schemas.ChatMessage.model_validate(message) for message in messages]
 
 
-@router.patch("/session/{session_id}", summary="Rename a session", responses=_owned)
-async def rename_session(
-    session_id: uuid.UUID, body: schemas.RenameSession, principal: CurrentPrincipal, db: DbSession
+@router.patch("/session/{session_id}", summary="Rename a session or set its mode", responses=_owned)
+async def update_session(
+    session_id: uuid.UUID, body: schemas.UpdateSession, principal: CurrentPrincipal, db: DbSession
 ) -> schemas.ChatSession:
-    return await service.rename(db, principal, session_id, body.title)
+    return await service.update_session(db, principal, session_id, body)
 
 
 @router.post(

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, computed_field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
 from citechat.pipeline.citations import SUPPORT_THRESHOLD
 from citechat.pipeline.modes import ResponseMode
@@ -99,7 +99,14 @@ class SendMessage(BaseModel):
     model: str | None = Field(default=None, description="Default: the configured model.")
 
 
-class RenameSession(BaseModel):
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] = Field(
-        description="The session's new title (1 to 255 characters, surrounding spaces removed)."
+class UpdateSession(BaseModel):
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = Field(
+        default=None, description="The session's new title (1 to 255 characters, surrounding spaces removed)."
     )
+    mode: ResponseMode | None = Field(default=None, description="The session's default response mode.")
+
+    @model_validator(mode="after")
+    def _something(self) -> "UpdateSession":
+        if self.title is None and self.mode is None:
+            raise ValueError("give a title, a mode, or both")
+        return self

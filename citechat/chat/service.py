@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 from citechat.auth.service import Principal
 from citechat.chat import models, schemas
 from citechat.errors import NotFound
+from citechat.pipeline.modes import POLICIES
 
 NEW_SESSION_TITLE = "New Chat"
 
@@ -146,9 +147,16 @@ async def list_messages(
     return list(reversed((await db.scalars(query)).all()))
 
 
-async def rename(db: AsyncSession, principal: Principal, session_id: uuid.UUID, title: str) -> schemas.ChatSession:
+async def update_session(
+    db: AsyncSession, principal: Principal, session_id: uuid.UUID, changes: schemas.UpdateSession
+) -> schemas.ChatSession:
+    """Rename, or set the default mode (and with it the session's temperature)."""
     session = await get_owned(db, principal, session_id)
-    session.title = title
+    if changes.title is not None:
+        session.title = changes.title
+    if changes.mode is not None:
+        session.response_mode = changes.mode.value
+        session.temperature = POLICIES[changes.mode].temperature
     await db.commit()
     return await _with_count(db, principal, models.ChatSession.id == session_id)
 
