@@ -10,6 +10,7 @@ from citechat.chat.answering import Answering
 from citechat.db.database import Database, open_database
 from citechat.documents.ingestion import Ingestion
 from citechat.pipeline.llms import provider_from_settings
+from citechat.pipeline.local_model import local_model_server
 from citechat.pipeline.prompts import PromptStore
 from citechat.retrievers.base import IndexBackend
 from citechat.retrievers.factory import index_from_settings
@@ -37,10 +38,11 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
         stack.push_async_callback(ingestion.aclose)
         if resume_ingestion and (resumed := await ingestion.resume()):
             log.info("resumed indexing of %d document(s)", resumed)
+        local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
         answering = Answering(
             sessions=database.sessions,
             index=index,
-            llms=provider_from_settings(settings),
+            llms=provider_from_settings(settings, local_base_url=local),
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,

@@ -42,9 +42,12 @@ class Settings(BaseSettings):
     retriever: Literal["local", "ragie"] | None = Field(
         default=None, description="Retrieval backend; unset: ragie when RAGIE_API_KEY is set, else local."
     )
-    llm: Literal["extractive", "openai", "openai-compatible"] = Field(
-        default="extractive", description="What writes answers: extractive (no model), openai, openai-compatible."
+    llm: Literal["extractive", "openai", "openai-compatible", "local"] = Field(
+        default="extractive",
+        description="What writes answers: extractive (no model), openai, openai-compatible, local.",
     )
+    local_model: Path | None = Field(default=None, description="GGUF file run in-process when CITECHAT_LLM=local.")
+    local_threads: int = Field(default=1, ge=1, description="CPU threads of the local model.")
     llm_model: str | None = Field(default=None, description="Default model (openai: gpt-4o; required otherwise).")
     llm_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated models a request may choose (default: the default model)."

@@ -4,6 +4,8 @@
 - ``openai``: OpenAI's API with ``OPENAI_API_KEY``; the models offered are a setting (``CITECHAT_LLM_MODELS``).
 - ``openai-compatible``: any server speaking OpenAI's chat API (vLLM, Ollama, llama.cpp server) at
   ``CITECHAT_LLM_BASE_URL``.
+- ``local``: a GGUF file (``CITECHAT_LOCAL_MODEL``) served in-process by llama.cpp (``local_model.py``), then
+  used exactly like ``openai-compatible``.
 """
 
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ class LLMProvider:
     models: tuple[str, ...]
     default_model: str
     settings: Settings
+    base_url: str | None = None  # where an OpenAI-compatible server listens (set for openai-compatible and local)
 
     def choose(self, requested: str | None) -> str:
         model = requested or self.default_model
@@ -54,7 +57,7 @@ class LLMProvider:
         return OpenAILike(
             model=model,
             temperature=temperature,
-            api_base=s.llm_base_url,
+            api_base=self.base_url,
             api_key=s.llm_api_key.get_secret_value() if s.llm_api_key else "unused",
             is_chat_model=True,
             context_window=s.llm_context_window,
@@ -63,7 +66,11 @@ class LLMProvider:
         )
 
 
-def provider_from_settings(settings: Settings) -> LLMProvider:
+def provider_from_settings(settings: Settings, *, local_base_url: str | None = None) -> LLMProvider:
+    """``local_base_url``: where the local model's server listens, when ``CITECHAT_LLM=local``."""
+    if settings.llm == "local":
+        name = settings.local_model.stem
+        return LLMProvider("local", (name,), name, settings, base_url=local_base_url)
     if settings.llm == EXTRACTIVE:
         return LLMProvider(EXTRACTIVE, (EXTRACTIVE,), EXTRACTIVE, settings)
     if settings.llm == "openai":
@@ -74,7 +81,7 @@ def provider_from_settings(settings: Settings) -> LLMProvider:
     if not settings.llm_base_url or not settings.llm_model:
         raise ConfigurationError("CITECHAT_LLM=openai-compatible needs CITECHAT_LLM_BASE_URL and CITECHAT_LLM_MODEL")
     models = tuple(settings.llm_models or [settings.llm_model])
-    return LLMProvider("openai-compatible", models, settings.llm_model, settings)
+    return LLMProvider("openai-compatible", models, settings.llm_model, settings, base_url=settings.llm_base_url)
 
 
 def describe_failure(exc: Exception) -> tuple[str, bool] | None:
