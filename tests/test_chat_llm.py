@@ -78,6 +78,9 @@ async def test_each_mode_reaches_the_model(asking, model_server, mode, temperatu
     assert answer["content"] == "Answer from the first source [1]."
     assert answer["model_used"] == "standin-model" and answer["temperature_used"] == temperature
     assert answer["sources"][0]["cited"] is True and answer["metadata"]["extractive"] is False
+    assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
+    assert answer["tokens_prompt"] > 100 and answer["tokens_completion"] == 6  # as the stand-in counted them
+    assert answer["tokens_total"] == answer["tokens_prompt"] + 6
 
 
 async def test_invented_markers_are_removed(asking, model_server):

@@ -114,7 +114,7 @@ class Answering:
                 question=turn.question,
                 history=turn.history,
                 retriever=self.index.retriever(organization, self.top_k),
-                llm=self.llms.create(turn.model, POLICIES[turn.mode].temperature),
+                llm=(llm := self.llms.create(turn.model, POLICIES[turn.mode].temperature)),
                 prompts=prompts,
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
@@ -133,7 +133,8 @@ class Answering:
             report = citations.verify(
                 text, [s.node.get_content(metadata_mode=MetadataMode.NONE) for s in generation.sources]
             )
-            message = await self._complete(turn, report, timings, prompts.version, generation.refused)
+            usage = getattr(llm, "usage", None) or {}
+            message = await self._complete(turn, report, timings, prompts.version, generation.refused, usage)
             yield Event("done", message)
         except Exception as exc:
             detail, retryable, expected = _failure(exc)
@@ -151,7 +152,13 @@ class Answering:
             return rows
 
     async def _complete(
-        self, turn: Turn, report: citations.CitationReport, timings: dict, prompt_version: str, refused: bool
+        self,
+        turn: Turn,
+        report: citations.CitationReport,
+        timings: dict,
+        prompt_version: str,
+        refused: bool,
+        usage: dict,
     ) -> dict:
         async with self.sessions() as db:
             assistant = await db.scalar(
@@ -164,10 +171,14 @@ class Answering:
                 check = checks.get(source.rank)
                 source.cited = bool(check and check.cited)
                 source.support = check.support if check else None
-            completion = len(get_tokenizer()(report.text))  # tiktoken, with the encoding LlamaIndex ships
+            if usage:  # as the provider reports it
+                prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            else:  # counted (tiktoken, with the encoding LlamaIndex ships): the extractive answerer has no tokens
+                prompt, completion = 0, len(get_tokenizer()(report.text))
             assistant.content = report.text
             assistant.status = "completed"
-            assistant.tokens_prompt, assistant.tokens_completion, assistant.tokens_total = 0, completion, completion
+            assistant.tokens_prompt, assistant.tokens_completion = prompt, completion
+            assistant.tokens_total = prompt + completion
             assistant.processing_time_ms = int((time.perf_counter() - turn.started) * 1000)
             assistant.message_metadata = {
                 **(assistant.message_metadata or {}),

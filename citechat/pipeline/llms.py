@@ -11,6 +11,7 @@
 from dataclasses import dataclass
 
 from llama_index.core.llms import LLM
+from pydantic import PrivateAttr
 
 from citechat.errors import CitechatError, ConfigurationError
 from citechat.pipeline.extractive import ExtractiveLLM
@@ -42,19 +43,16 @@ class LLMProvider:
         if self.name == EXTRACTIVE:
             return ExtractiveLLM()
         if self.name == "openai":
-            from llama_index.llms.openai import OpenAI
-
-            return OpenAI(
+            return _metered(_openai_class())(
                 model=model,
                 temperature=temperature,
                 api_key=s.openai_api_key.get_secret_value(),
                 api_base=s.openai_base_url,
                 timeout=s.llm_timeout_s,
                 max_retries=2,
+                additional_kwargs=_USAGE,
             )
-        from llama_index.llms.openai_like import OpenAILike
-
-        return OpenAILike(
+        return _metered(_openai_like_class())(
             model=model,
             temperature=temperature,
             api_base=self.base_url,
@@ -63,7 +61,53 @@ class LLMProvider:
             context_window=s.llm_context_window,
             timeout=s.llm_timeout_s,
             max_retries=2,
+            additional_kwargs=_USAGE,
         )
+
+
+# Ask for token usage on streamed answers (LlamaIndex drops the option from calls that do not stream).
+_USAGE = {"stream_options": {"include_usage": True}}
+
+
+def _openai_class():
+    from llama_index.llms.openai import OpenAI
+
+    return OpenAI
+
+
+def _openai_like_class():
+    from llama_index.llms.openai_like import OpenAILike
+
+    return OpenAILike
+
+
+def _metered(base: type[LLM]) -> type[LLM]:
+    """``base`` recording the token usage the provider reports on a streamed answer, in ``usage``.
+
+    The chat engine hands the pipeline plain text, not the provider's final chunk that carries the usage; an LLM is
+    made per request, so recording it on the instance is safe.
+    """
+
+    class Metered(base):
+        _usage: dict = PrivateAttr(default_factory=dict)
+
+        @property
+        def usage(self) -> dict:
+            return self._usage
+
+        async def astream_chat(self, messages, **kwargs):
+            stream = await super().astream_chat(messages, **kwargs)
+
+            async def metered():
+                async for response in stream:
+                    if response.additional_kwargs.get("total_tokens"):
+                        self._usage = dict(response.additional_kwargs)
+                    yield response
+
+            return metered()
+
+    Metered.__name__ = f"Metered{base.__name__}"
+    return Metered
 
 
 def provider_from_settings(settings: Settings, *, local_base_url: str | None = None) -> LLMProvider:
