@@ -96,7 +96,8 @@ async def test_memory_holds_the_last_five_messages(asking, model_server):
     for question in questions[:3]:
         await asking(question, mode="balanced")
     model_server.reset()
-    await asking(questions[3], mode="balanced")
+    answer = await asking(questions[3], mode="balanced")
+    assert set(answer["metadata"]["timings"]) == {"condense_ms", "retrieval_ms", "ttft_ms", "generation_ms"}
     [condense] = model_server.condense_requests()
     final = model_server.answer_requests()[-1]
     history = [m["content"] for m in final["messages"] if m["role"] in ("user", "assistant")][:-1]

@@ -48,6 +48,9 @@ async def test_answer_cites_the_right_page(client, asker):
     assert cited[0]["supported"] is True and f"[{cited[0]['rank']}]" in answer["content"]
     assert answer["metadata"]["mode"] == "balanced" and answer["temperature_used"] == 0.5
     assert answer["metadata"]["prompt_version"] and answer["tokens_total"] > 0
+    sentences = answer["metadata"]["citations"]["sentences"]
+    assert sentences and all(s["supported"] and s["sources"] for s in sentences)
+    assert set(answer["metadata"]["timings"]) == {"retrieval_ms", "ttft_ms", "generation_ms"}  # no condensing
 
     history = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assert [m["role"] for m in history] == ["user", "assistant"]
@@ -154,3 +157,23 @@ async def test_session_mode_is_the_default(client, asker):
         )
     ).json()
     assert answer["metadata"]["mode"] == "creative" and answer["temperature_used"] == 0.9
+
+
+async def test_quiet_streams_get_heartbeats(monkeypatch):
+    """While nothing happens (a slow model), the stream sends comment lines so proxies keep it open."""
+    import asyncio
+
+    from citechat.chat import message_routes
+    from citechat.chat.answering import Event
+
+    monkeypatch.setattr(message_routes, "HEARTBEAT_S", 0.05)
+
+    async def slow():
+        yield Event("user_message", {"n": 1})
+        await asyncio.sleep(0.18)
+        yield Event("done", {"n": 2})
+
+    lines = [chunk async for chunk in message_routes._sse(slow())]
+    assert lines[0].startswith("id: 1\nevent: user_message\n")
+    assert 2 <= lines.count(": heartbeat\n\n") <= 4
+    assert lines[-1].startswith("id: 2\nevent: done\n")

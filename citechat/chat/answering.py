@@ -119,7 +119,7 @@ class Answering:
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
             )
-            timings["retrieval_ms"] = _ms(clock)
+            timings |= generation.timings_ms
             sources = await self._save_sources(turn, generation.sources)
             yield Event("sources", {"sources": [_source_json(s) for s in sources]})
             stage, text, first_token = "generation", "", None
@@ -128,7 +128,7 @@ class Answering:
                 text += delta
                 yield Event("token", {"delta": delta})
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
-            timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"]
+            timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
             report = citations.verify(
                 text, [s.node.get_content(metadata_mode=MetadataMode.NONE) for s in generation.sources]
@@ -189,6 +189,11 @@ class Answering:
                 "citations": {
                     "removed_markers": list(report.removed_markers),
                     "unsupported_sentences": len(report.unsupported),
+                    "sentences": [
+                        {"text": s.text, "sources": list(s.sources), "support": s.support, "supported": s.supported}
+                        for s in report.sentences
+                        if s.sources
+                    ],
                 },
             }
             await db.commit()

@@ -7,6 +7,7 @@ Strict mode's relevance threshold (no source left: the fixed refusal is answered
 answerer reads the passages themselves, and skips condensing: it has no model to rewrite a follow-up with.
 """
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,25 @@ class NumberSources(BaseNodePostprocessor):
         return self._kept
 
 
+class TimedRetriever(BaseRetriever):
+    """The organization's retriever, noting when retrieval started and ended: what comes before it is condensing."""
+
+    def __init__(self, inner: BaseRetriever) -> None:
+        super().__init__()
+        self._inner = inner
+        self.started = self.finished = None
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        raise NotImplementedError("citechat retrievers are async: call aretrieve()")
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        self.started = time.perf_counter()
+        try:
+            return await self._inner.aretrieve(query_bundle)
+        finally:
+            self.finished = time.perf_counter()
+
+
 @dataclass
 class Generation:
     """A started answer: its sources (numbered 1..n in this order), then its text as it streams."""
@@ -54,7 +74,7 @@ class Generation:
     sources: list[NodeWithScore]
     tokens: AsyncIterator[str]
     refused: bool = False
-    extra: dict = field(default_factory=dict)
+    timings_ms: dict[str, int] = field(default_factory=dict)  # condense (when it ran), retrieval
 
 
 async def generate(
@@ -72,8 +92,10 @@ async def generate(
     extractive = isinstance(llm, ExtractiveLLM)
     if extractive:
         llm.question = question
+    timed = TimedRetriever(retriever)
+    clock = time.perf_counter()
     engine = CondensePlusContextChatEngine.from_defaults(
-        retriever=retriever,
+        retriever=timed,
         llm=llm,
         system_prompt=prompts.system(mode),
         context_prompt=prompts.context,
@@ -86,11 +108,14 @@ async def generate(
         ],
     )
     response = await engine.astream_chat(question, chat_history=list(history))
+    timings = {"retrieval_ms": _ms(timed.finished - timed.started)}
+    if history and not extractive:
+        timings["condense_ms"] = _ms(timed.started - clock)
     sources = numbering.kept
     if not sources:
         text = prompts.strict_refusal if policy.refuses_without_relevant_source else _NO_SOURCES
-        return Generation(sources=[], tokens=_words(text), refused=True)
-    return Generation(sources=sources, tokens=response.async_response_gen())
+        return Generation(sources=[], tokens=_words(text), refused=True, timings_ms=timings)
+    return Generation(sources=sources, tokens=response.async_response_gen(), timings_ms=timings)
 
 
 _NO_SOURCES = "There are no documents to answer from yet: upload some, then ask again."
@@ -117,6 +142,10 @@ def _numbered(number: int, node: NodeWithScore) -> str:
     if meta.get("pages"):
         where += f", page {meta['pages']}"
     return f"[{number}] {where}\n{node.node.get_content(metadata_mode=MetadataMode.NONE)}"
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 async def _words(text: str) -> AsyncIterator[str]:
