@@ -132,3 +132,64 @@ async def test_provider_failure_ends_the_stream_with_an_error(llm_client, model_
     messages = (await llm_client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assert [(m["role"], m["status"]) for m in messages] == [("user", "completed"), ("assistant", "failed")]
     assert messages[1]["error_message"] == "the language model failed; try again"
+
+
+async def test_openai_provider_and_model_choice(settings, model_server, identity):
+    model_server.reset()
+    openai_models = OpenAIStandIn(api_key=KEY)  # serves gpt-4o and gpt-4o-mini
+    with openai_models:
+        configured = derive(
+            settings,
+            llm="openai",
+            openai_api_key=KEY,
+            openai_base_url=openai_models.base_url,
+            llm_models=["gpt-4o", "gpt-4o-mini"],
+        )
+        async with client_for(create_app(configured)) as client:
+            headers = identity(org=f"oa-{uuid.uuid4().hex[:8]}")
+            await ingest(client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
+            assert (await client.get(f"{API}/models", headers=headers)).json() == {
+                "provider": "openai",
+                "models": ["gpt-4o", "gpt-4o-mini"],
+                "default": "gpt-4o",
+            }
+            session = (await client.get(f"{API}/session", headers=headers)).json()
+            url, params = f"{API}/message", {"session_id": session["id"]}
+            default = (await client.post(url, params=params, json={"question": "glacier?"}, headers=headers)).json()
+            chosen = await client.post(
+                url, params=params, json={"question": "glacier?", "model": "gpt-4o-mini"}, headers=headers
+            )
+            assert default["model_used"] == "gpt-4o" and chosen.json()["model_used"] == "gpt-4o-mini"
+            assert [r["model"] for r in openai_models.answer_requests()] == ["gpt-4o", "gpt-4o-mini"]
+
+
+async def test_a_model_that_does_not_answer_times_out(settings, model_server, identity):
+    model_server.reset()
+    model_server.delay_s = 3
+    configured = derive(
+        settings,
+        llm="openai-compatible",
+        llm_base_url=model_server.base_url,
+        llm_model="standin-model",
+        llm_api_key=KEY,
+        llm_timeout_s=0.3,
+    )
+    async with client_for(create_app(configured)) as client:
+        headers = identity(org=f"slow-{uuid.uuid4().hex[:8]}")
+        await ingest(client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
+        session = (await client.get(f"{API}/session", headers=headers)).json()
+        response = await client.post(
+            f"{API}/message",
+            params={"session_id": session["id"]},
+            json={"question": "glacier?", "mode": "balanced"},
+            headers=headers,
+        )
+    assert response.status_code == 502
+    assert response.json()["detail"] == "the language model did not answer in time; try again"
+
+
+async def test_strict_refusal_calls_no_model(asking, model_server):
+    model_server.reset()
+    answer = await asking("Which opera did Verdi write in 1853?", mode="strict")
+    assert answer["content"] == "I don't have enough information in your documents to answer that."
+    assert model_server.requests == []  # not even a condense call: there was no history
