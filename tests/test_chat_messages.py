@@ -12,14 +12,18 @@ API = "/api/v1/chat"
 REFUSAL = "I don't have enough information in your documents to answer that."
 
 
-@pytest.fixture
-async def asker(client, identity):
-    """Headers of a new user whose organization holds a four-page PDF (one topic per page), and their session."""
+async def new_conversation(client, identity) -> tuple[dict, dict]:
+    """Headers of a new user whose organization holds a four-page PDF named "Field notes" (one topic per page),
+    and their session."""
     headers = identity(org=f"ask-{uuid.uuid4().hex[:8]}")
     document = await ingest(client, headers, samples.pdf(samples.TOPICS), "field-notes.pdf", name="Field notes")
     assert document["status"] == "ready"
-    session = (await client.get(f"{API}/session", headers=headers)).json()
-    return headers, session
+    return headers, (await client.get(f"{API}/session", headers=headers)).json()
+
+
+@pytest.fixture
+async def asker(client, identity):
+    return await new_conversation(client, identity)
 
 
 def parse_sse(body: str) -> list[tuple[int, str, dict]]:
