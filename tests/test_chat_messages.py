@@ -181,3 +181,25 @@ async def test_quiet_streams_get_heartbeats(monkeypatch):
     assert lines[0].startswith("id: 1\nevent: user_message\n")
     assert 2 <= lines.count(": heartbeat\n\n") <= 4
     assert lines[-1].startswith("id: 2\nevent: done\n")
+
+
+async def test_an_interrupted_answer_is_never_left_streaming(app, client, asker):
+    """A client that goes away mid-answer: the message ends ``failed`` (retryable), not ``streaming`` forever."""
+    from citechat.auth.service import provision
+    from citechat.chat import schemas
+    from citechat.chat.answering import INTERRUPTED
+
+    headers, session = asker
+    async with app.state.database.sessions() as db:
+        me = (await client.get(f"{API}/session", headers=headers)).json()
+        principal = await provision(db, me["user_id"], me["organization_id"])
+    answering = app.state.answering
+    turn = await answering.begin(principal, uuid.UUID(session["id"]), schemas.SendMessage(question="glacier?"))
+    events = answering.run(turn)
+    assert (await anext(events)).name == "user_message"
+    assert (await anext(events)).name == "sources"
+    await events.aclose()  # what Starlette does when the connection drops
+
+    messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assistant = messages[-1]
+    assert (assistant["status"], assistant["error_message"]) == ("failed", INTERRUPTED)

@@ -5,6 +5,7 @@ are plain HTTP errors; ``run`` then yields the events of the answer and leaves t
 ``completed`` or ``failed`` (with the stage that failed), never ``pending`` or ``streaming``.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -31,6 +32,7 @@ from citechat.retrievers.base import IndexBackend, Organization
 
 log = logging.getLogger(__name__)
 TITLE_LENGTH = 50
+INTERRUPTED = "interrupted: the connection closed before the answer was complete; retry it"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class Answering:
             usage = getattr(llm, "usage", None) or {}
             message = await self._complete(turn, report, timings, prompts.version, generation.refused, usage)
             yield Event("done", message)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (or the process is stopping): never leave the answer "streaming".
+            await asyncio.shield(self._fail(turn, INTERRUPTED, {"stage": stage, "retryable": True}))
+            raise
         except Exception as exc:
             detail, retryable, expected = _failure(exc)
             log.warning("answer %s failed at %s: %s", turn.assistant_id, stage, detail, exc_info=not expected)
