@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from citechat.chat.answering import Answering
+from citechat.chat.streams import AnswerStreams
 from citechat.db.database import Database, open_database
 from citechat.documents.ingestion import Ingestion
 from citechat.pipeline.llms import provider_from_settings
@@ -26,6 +27,7 @@ class Runtime:
     index: IndexBackend
     ingestion: Ingestion
     answering: Answering
+    streams: AnswerStreams
 
 
 @asynccontextmanager
@@ -47,4 +49,6 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
         )
-        yield Runtime(settings, database, index, ingestion, answering)
+        streams = AnswerStreams(answering)
+        stack.push_async_callback(streams.aclose)
+        yield Runtime(settings, database, index, ingestion, answering, streams)

@@ -1,6 +1,7 @@
 """Answers written by a model: CITECHAT_LLM=openai-compatible against a stand-in for OpenAI's chat API
 (tests/standins/openai.py, which follows OpenAI's documented wire format)."""
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -182,3 +183,35 @@ async def test_strict_refusal_calls_no_model(asking, model_server):
     answer = await asking("Which opera did Verdi write in 1853?", mode="strict")
     assert answer["content"] == "I don't have enough information in your documents to answer that."
     assert model_server.requests == []  # not even a condense call: there was no history
+
+
+async def test_an_answer_outlives_its_listener(settings, model_server, identity):
+    """A closed tab: the listener leaves while the model is still writing; the answer is completed and saved."""
+    from citechat.auth.service import provision
+    from citechat.chat import schemas
+
+    model_server.reset()
+    model_server.stream_delay_s = 0.1  # per word: the answer takes about 0.6 s to write
+    configured = derive(
+        settings,
+        llm="openai-compatible",
+        llm_base_url=model_server.base_url,
+        llm_model="standin-model",
+        llm_api_key=KEY,
+    )
+    application = create_app(configured)
+    async with client_for(application) as client:
+        headers, session = await new_conversation(client, identity)
+        async with application.state.database.sessions() as db:
+            principal = await provision(db, session["user_id"], session["organization_id"])
+        question = schemas.SendMessage(question="How far did the glacier retreat?", mode="balanced")
+        turn = await application.state.answering.begin(principal, uuid.UUID(session["id"]), question)
+        listener = application.state.streams.start(turn).follow()
+        assert [(await anext(listener))[1].name for _ in range(2)] == ["user_message", "sources"]
+        await listener.aclose()  # the tab closes while the answer is being written
+
+        url = f"{API}/session/{session['id']}/messages"
+        assert (await client.get(url, headers=headers)).json()[-1]["status"] == "streaming"
+        await application.state.streams.wait(turn.assistant_id)
+        assistant = (await client.get(url, headers=headers)).json()[-1]
+    assert (assistant["status"], assistant["content"]) == ("completed", "Answer from the first source [1].")

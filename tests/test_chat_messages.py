@@ -173,9 +173,9 @@ async def test_quiet_streams_get_heartbeats(monkeypatch):
     monkeypatch.setattr(message_routes, "HEARTBEAT_S", 0.05)
 
     async def slow():
-        yield Event("user_message", {"n": 1})
+        yield 1, Event("user_message", {"n": 1})
         await asyncio.sleep(0.18)
-        yield Event("done", {"n": 2})
+        yield 2, Event("done", {"n": 2})
 
     lines = [chunk async for chunk in message_routes._sse(slow())]
     assert lines[0].startswith("id: 1\nevent: user_message\n")

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.index = runtime.index
             app.state.ingestion = runtime.ingestion
             app.state.answering = runtime.answering
+            app.state.streams = runtime.streams
             log.info("citechat ready (%s database)", "embedded" if settings.embedded_database else "external")
             yield
 

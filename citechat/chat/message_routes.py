@@ -34,9 +34,8 @@ async def list_models(request: Request, principal: CurrentPrincipal) -> schemas.
 async def send_message(
     request: Request, body: schemas.SendMessage, session_id: SessionId, principal: CurrentPrincipal
 ) -> schemas.ChatMessage:
-    answering = request.app.state.answering
-    turn = await answering.begin(principal, session_id, body)
-    async for event in answering.run(turn):
+    turn = await request.app.state.answering.begin(principal, session_id, body)
+    async for _, event in request.app.state.streams.start(turn).follow():
         if event.name == "done":
             return schemas.ChatMessage.model_validate(event.data)
         if event.name == "error":
@@ -53,15 +52,14 @@ async def send_message(
 async def stream_message(
     request: Request, body: schemas.SendMessage, session_id: SessionId, principal: CurrentPrincipal
 ) -> StreamingResponse:
-    answering = request.app.state.answering
-    turn = await answering.begin(principal, session_id, body)
+    turn = await request.app.state.answering.begin(principal, session_id, body)
+    stream = request.app.state.streams.start(turn)  # runs to the end even if this client goes away
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(answering.run(turn)), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_sse(stream.follow()), media_type="text/event-stream", headers=headers)
 
 
-async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    """Each event with an ``id:`` (its position), and a comment line when nothing was sent for ``HEARTBEAT_S``."""
-    number = 0
+async def _sse(events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[str]:
+    """Each event with its position as ``id:``, and a comment line when nothing was sent for ``HEARTBEAT_S``."""
     pending = asyncio.ensure_future(anext(events))
     try:
         while True:
@@ -70,10 +68,9 @@ async def _sse(events: AsyncIterator[Event]) -> AsyncIterator[str]:
                 yield ": heartbeat\n\n"
                 continue
             try:
-                event = pending.result()
+                number, event = pending.result()
             except StopAsyncIteration:
                 return
-            number += 1
             yield f"id: {number}\nevent: {event.name}\ndata: {json.dumps(event.data)}\n\n"
             pending = asyncio.ensure_future(anext(events))
     finally:
