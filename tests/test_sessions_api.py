@@ -6,7 +6,7 @@ import uuid
 import httpx
 from sqlalchemy import event, func, select
 
-from citechat.auth.models import Organization, User
+from citechat.auth.models import User
 from citechat.chat import models
 
 API = "/api/v1/chat"
@@ -296,7 +296,3 @@ async def _add_messages(db, session_id: uuid.UUID, n: int, sources_per_message: 
     session.last_message_at = func.now()
     await db.commit()
     return ids
-
-
-async def _org_exists(db, external_id: str) -> bool:
-    return await db.scalar(select(func.count()).where(Organization.external_id == external_id)) == 1

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from citechat.bench.report import percentile
 from citechat.documents import models
+from citechat.documents.commands import organization
 from citechat.retrievers.base import Organization
 from citechat.retrievers.local import LocalIndex
 from citechat.runtime import open_runtime
@@ -38,7 +39,7 @@ async def run(corpus: Path, sizes: list[int], *, base_passages: int, queries: in
             started = time.perf_counter()
             vectors = np.array(await index.embedder.embed(passages), dtype=np.float32)
             embed_rate = len(passages) / (time.perf_counter() - started)
-            org = await _organization(runtime)
+            org = await organization(runtime, f"bench-{uuid.uuid4().hex[:8]}")
             results, loaded = [], 0
             for size in sorted(sizes):
                 load_s = await _load(runtime, org, passages, vectors, start=loaded, stop=size)
@@ -72,12 +73,6 @@ async def _measure(index: LocalIndex, org: Organization, questions: list[str], t
         "p50_ms_without_embedding": round(percentile(sql_only, 50), 2),
         "p95_ms_without_embedding": round(percentile(sql_only, 95), 2),
     }
-
-
-async def _organization(runtime) -> Organization:
-    from citechat.documents.commands import organization
-
-    return await organization(runtime, f"bench-{uuid.uuid4().hex[:8]}")
 
 
 async def _load(runtime, org: Organization, passages, vectors: np.ndarray, *, start: int, stop: int) -> float:
