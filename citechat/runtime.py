@@ -36,7 +36,7 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
         database = await stack.enter_async_context(open_database(settings))
         index = index_from_settings(settings, database.sessions)
         stack.push_async_callback(index.aclose)
-        ingestion = Ingestion(database.sessions, index)
+        ingestion = Ingestion(database.sessions, index, concurrency=settings.ingest_concurrency)
         stack.push_async_callback(ingestion.aclose)
         if resume_ingestion and (resumed := await ingestion.resume()):
             log.info("resumed indexing of %d document(s)", resumed)

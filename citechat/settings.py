@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from citechat.pipeline.pricing import DEFAULT_PRICES
+
 
 class Settings(BaseSettings):
     """Settings of one citechat process. Every field is documented in the README's settings table."""
@@ -63,11 +65,21 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=50, gt=0, description="Largest accepted upload, in MiB (413 above).")
     embedding_model: Literal["minilm", "openai"] = Field(
         default="minilm",
-        description="Local index embeddings: offline MiniLM (ONNX int8) or OpenAI text-embedding-3-small at 384 dims.",
+        description="Local index embeddings: offline MiniLM (ONNX, int8) or OpenAI text-embedding-3-small at 384 dims.",
     )
     embedding_threads: int = Field(default=2, ge=1, description="CPU threads of the offline embedding model.")
     chunk_size: int = Field(default=200, ge=32, le=2048, description="Target chunk length in tokens.")
     chunk_overlap: int = Field(default=30, ge=0, le=512, description="Tokens shared by neighbouring chunks.")
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per million (prompt, completion) tokens by model, for cost estimates.",
+    )
+    ingest_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Documents indexed at once: one's parsing and storing overlap another's embedding.",
+    )
     openai_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("OPENAI_API_KEY", "CITECHAT_OPENAI_API_KEY"),

