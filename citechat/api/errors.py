@@ -8,12 +8,16 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
+from citechat.ratelimits.service import RateLimited
 
 log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
     detail: str
+    limit: str | None = None
+    reset_at: str | None = None
+    retry_after: int | None = None
 
 
 def error_responses(*codes: int) -> dict[int | str, dict]:
@@ -25,6 +29,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         409: "Conflicts with the resource's current state.",
         413: "The upload is larger than allowed.",
         415: "The upload's format is not supported.",
+        429: "A message quota is spent: the body says which (`limit`: user or organization) and when it resets.",
         503: "A dependency (database, key set) is unavailable; retry.",
     }
     return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
@@ -35,6 +40,11 @@ async def _citechat_error(request: Request, exc: CitechatError) -> JSONResponse:
     if isinstance(exc, AuthenticationError):  # RFC 6750: no error code when no token was sent
         challenge = "Bearer" if isinstance(exc, MissingCredentials) else 'Bearer error="invalid_token"'
         headers = {"WWW-Authenticate": challenge}
+    if isinstance(exc, RateLimited):
+        quota = exc.quota
+        headers = quota.headers() | {"Retry-After": str(exc.retry_after)}
+        body = {"detail": exc.detail, "limit": quota.scope, "reset_at": quota.reset_at.isoformat()}
+        return JSONResponse(body | {"retry_after": exc.retry_after}, status_code=429, headers=headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
