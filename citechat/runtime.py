@@ -57,6 +57,7 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
             limits=rate_limits_from_settings(settings, database.sessions),
+            retrieval_timeout_s=settings.retrieval_timeout_s,
             worker_id=lease.id,
         )
         streams = AnswerStreams(answering)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         default=0.3, ge=-1, le=1, description="Strict mode answers only from passages at least this similar."
     )
     retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
+    retrieval_timeout_s: float = Field(
+        default=10, gt=0, description="An answer fails (retryably) when retrieval takes longer than this."
+    )
     max_upload_mb: float = Field(default=50, gt=0, description="Largest accepted upload, in MiB (413 above).")
     embedding_model: Literal["minilm", "openai"] = Field(
         default="minilm",

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
 from citechat.ratelimits.service import RateLimited
@@ -60,6 +61,11 @@ async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
     return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
 
 
+async def _busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+    log.warning("no database connection free in time during %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "the service is busy; try again shortly"}, status_code=503)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error during %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -69,4 +75,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CitechatError, _citechat_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(OSError, _connection_error)
+    app.add_exception_handler(PoolTimeout, _busy)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -79,15 +79,20 @@ class Answering:
     top_k: int
     min_similarity: float
     limits: RateLimits
+    retrieval_timeout_s: float | None = None
     worker_id: uuid.UUID | None = None  # the process's lease (see chat.workers); None outside a server
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
+        async with self.sessions() as db:  # refusals first, so they cost no quota
+            await self._writable_session(db, principal, session_id)
+        # Counted between two transactions, never inside one: a request holding a pooled connection while the
+        # quota store waits for another would starve the pool under a burst.
+        quota = await self.limits.consume(principal)
         async with self.sessions() as db:
             session = await self._writable_session(db, principal, session_id)
             mode = ResponseMode(request.mode or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages)
-            quota = await self.limits.consume(principal)
             question = request.question
             user = models.ChatMessage(session_id=session_id, role="user", content=question, status="completed")
             db.add(user)
@@ -105,27 +110,15 @@ class Answering:
 
         Retrying a failed answer is free; regenerating one that completed or was stopped counts as a message."""
         model = self.llms.choose(request.model)
+        async with self.sessions() as db:  # refusals first, so they cost no quota
+            _, assistant, _ = await self._retryable(db, principal, message_id)
+            free = assistant.status == "failed"
+        quota = None if free else await self.limits.consume(principal)
         async with self.sessions() as db:
-            session_id = await db.scalar(
-                select(models.ChatMessage.session_id).where(
-                    models.ChatMessage.id == message_id, models.ChatMessage.role == "assistant"
-                )
-            )
-            if session_id is None:
-                raise NotFound("message not found")
-            session = await self._writable_session(db, principal, session_id)
-            latest = await db.scalars(
-                select(models.ChatMessage)
-                .where(models.ChatMessage.session_id == session_id)
-                .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
-                .limit(2)
-            )
-            assistant, user = [*latest, None, None][:2]
-            if assistant is None or assistant.id != message_id or user is None or user.role != "user":
-                raise Conflict("only the latest answer of a session can be retried")
+            session, assistant, user = await self._retryable(db, principal, message_id)
+            session_id = session.id
             mode = ResponseMode(request.mode or (assistant.message_metadata or {}).get("mode") or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages, before=user.created_at)
-            quota = None if assistant.status == "failed" else await self.limits.consume(principal)
             await db.execute(delete(models.ChatSource).where(models.ChatSource.message_id == message_id))
             fresh = self._new_answer(session_id, mode, model)
             for column in ("content", "status", "model_used", "temperature_used", "worker_id"):
@@ -138,6 +131,29 @@ class Answering:
             session.last_message_at = utcnow()
             await db.commit()
             return Turn(principal, session_id, user, message_id, user.content, mode, model, history, quota)
+
+    async def _retryable(
+        self, db: AsyncSession, principal: Principal, message_id: uuid.UUID
+    ) -> tuple[models.ChatSession, models.ChatMessage, models.ChatMessage]:
+        """The session, the answer and its question, when the answer is the session's latest and may be redone."""
+        session_id = await db.scalar(
+            select(models.ChatMessage.session_id).where(
+                models.ChatMessage.id == message_id, models.ChatMessage.role == "assistant"
+            )
+        )
+        if session_id is None:
+            raise NotFound("message not found")
+        session = await self._writable_session(db, principal, session_id)
+        latest = await db.scalars(
+            select(models.ChatMessage)
+            .where(models.ChatMessage.session_id == session_id)
+            .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
+            .limit(2)
+        )
+        assistant, user = [*latest, None, None][:2]
+        if assistant is None or assistant.id != message_id or user is None or user.role != "user":
+            raise Conflict("only the latest answer of a session can be retried")
+        return session, assistant, user
 
     async def _writable_session(
         self, db: AsyncSession, principal: Principal, session_id: uuid.UUID
@@ -202,6 +218,7 @@ class Answering:
                 prompts=prompts,
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
+                retrieval_timeout_s=self.retrieval_timeout_s,
             )
             timings |= generation.timings_ms
             sources = await self._save_sources(turn, generation.sources)

@@ -213,7 +213,7 @@ class AnswerStreams:
                 if message.status in IN_FLIGHT and stalled and await workers.is_dead(db, message.worker_id):
                     await self._mark_orphaned(db, message_id)
                     continue
-            if not sent_sources and message.sources:
+            if not sent_sources and (message.sources or message.status in ("streaming", "completed", "stopped")):
                 sent_sources = True
                 sources = sorted(message.sources, key=lambda source: source.rank or 0)
                 yield offset, Event("sources", {"sources": [source_json(s) for s in sources]})
