@@ -4,6 +4,8 @@ Every test makes its own users and organizations (random ids), so tests share th
 other's rows.
 """
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,12 +29,17 @@ TEST_SECRET = "test-secret-" + "x" * 60
 
 
 @pytest.fixture(scope="session")
-async def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A real PostgreSQL 16 with pgvector (the embedded server citechat uses by default)."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+async def postgres_url() -> AsyncIterator[str]:
+    """A real PostgreSQL 16 with pgvector (the embedded server citechat uses by default).
+
+    Its folder is outside pytest's temporary tree: as root, pgserver runs PostgreSQL as its own user, which must
+    enter the folder, and pytest makes its tree private (and prunes old runs) at every start."""
+    folder = Path(tempfile.mkdtemp(prefix="citechat-test-pg-"))
+    server = EmbeddedPostgres(folder)
     url = await server.start()
     yield url
     await server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +53,11 @@ def settings(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
     )
 
 
+def running(app: FastAPI) -> LifespanManager:
+    """The app's lifespan, with room for a first start on a busy 2-core machine (it prepares the embedding model)."""
+    return LifespanManager(app, startup_timeout=120, shutdown_timeout=60)
+
+
 def derive(settings: Settings, **changes: object) -> Settings:
     """The given settings with some fields changed (validated, unlike ``model_copy``)."""
     return Settings(_env_file=None, **(settings.model_dump() | changes))
@@ -54,7 +66,7 @@ def derive(settings: Settings, **changes: object) -> Settings:
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with running(application):
         yield application
 
 
@@ -73,7 +85,7 @@ async def _client(app: FastAPI, **transport: object) -> AsyncIterator[httpx.Asyn
 @asynccontextmanager
 async def client_for(app: FastAPI, **transport: object) -> AsyncIterator[httpx.AsyncClient]:
     """Runs the app's lifespan and yields a client for it (for tests that need their own settings or routes)."""
-    async with LifespanManager(app), _client(app, **transport) as c:
+    async with running(app), _client(app, **transport) as c:
         yield c
 
 

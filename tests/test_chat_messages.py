@@ -193,7 +193,7 @@ async def test_an_interrupted_answer_is_never_left_streaming(app, client, asker)
     """A client that goes away mid-answer: the message ends ``failed`` (retryable), not ``streaming`` forever."""
     from citechat.auth.service import provision
     from citechat.chat import schemas
-    from citechat.chat.answering import INTERRUPTED
+    from citechat.chat.workers import INTERRUPTED
 
     headers, session = asker
     async with app.state.database.sessions() as db:

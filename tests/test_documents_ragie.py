@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from citechat.api.app import create_app
 from citechat.retrievers.base import Organization
 from citechat.retrievers.ragie import partition_for
 from citechat.settings import Settings
-from tests.conftest import client_for, derive
+from tests.conftest import client_for, derive, running
 from tests.standins.ragie import RagieStandIn
 from tests.test_documents import DOCS, org_of, upload, wait_done
 
@@ -46,7 +45,7 @@ async def ragie_app(settings: Settings, ragie_server: RagieStandIn) -> AsyncIter
         ragie_timeout_s=2,
     )
     application = create_app(configured)
-    async with LifespanManager(application):
+    async with running(application):
         yield application
 
 

@@ -96,12 +96,11 @@ def test_prompts_check_command(prompts_dir: Path):
 
 
 async def test_service_refuses_to_start_with_broken_templates(settings, prompts_dir: Path):
-    from asgi_lifespan import LifespanManager
 
     from citechat.api.app import create_app
-    from tests.conftest import derive
+    from tests.conftest import derive, running
 
     (prompts_dir / "context.txt").write_text("Sources: {sources}")
     with pytest.raises(PromptError, match=r"context\.txt: unknown variable \{sources\}"):
-        async with LifespanManager(create_app(derive(settings, prompts_dir=prompts_dir))):
+        async with running(create_app(derive(settings, prompts_dir=prompts_dir))):
             pass

@@ -304,7 +304,7 @@ async def test_answers_of_a_dead_process_are_marked_at_start_up(settings, identi
 async def test_database_restart_gives_503_then_recovers_and_the_answer_is_saved(settings, model_server, identity):
     """The database restarts under a running service, mid-answer: requests during the outage get 503, later ones
     succeed without restarting the service, and the answer that was being written is completed and saved."""
-    folder = Path(tempfile.mkdtemp(prefix="citechat-restart-"))  # not under pytest's 0700 base: pgserver's user enters
+    folder = Path(tempfile.mkdtemp(prefix="citechat-restart-"))  # outside pytest's tree, as in conftest
     server = EmbeddedPostgres(folder)
     url = await server.start()
     model_server.reset()

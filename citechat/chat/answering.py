@@ -38,7 +38,6 @@ from citechat.retrievers.base import IndexBackend, Organization
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TITLE_LENGTH = 50
-INTERRUPTED = "interrupted: the service stopped before the answer was complete; retry it"
 IN_FLIGHT = ("pending", "streaming")
 FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
 
@@ -335,7 +334,7 @@ class Answering:
             await self._end(turn, "stopped")
         else:
             await self._end(
-                turn, "failed", error_message=INTERRUPTED, error_details={"stage": stage, "retryable": True}
+                turn, "failed", error_message=workers.INTERRUPTED, error_details={"stage": stage, "retryable": True}
             )
 
     async def _end(self, turn: Turn, status: str, **values) -> None:
