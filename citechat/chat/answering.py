@@ -181,11 +181,7 @@ class Answering:
         if busy is not None:
             if not await workers.is_dead(db, busy.worker_id):
                 raise Conflict("an answer is still being written in this session; wait for it or stop it")
-            await db.execute(  # its process is gone: it will never finish
-                update(models.ChatMessage)
-                .where(models.ChatMessage.id == busy.id)
-                .values(status="failed", error_message=workers.INTERRUPTED, error_details=workers.ORPHANED)
-            )
+            await workers.fail_orphan(db, busy.id)  # its process is gone: it will never finish
         return session
 
     def _new_answer(self, session_id: uuid.UUID, mode: ResponseMode, model: str) -> models.ChatMessage:

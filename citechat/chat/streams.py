@@ -11,7 +11,6 @@ character ``n``, then the rest live, from any worker.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -211,7 +210,8 @@ class AnswerStreams:
                     return  # deleted with its session
                 stalled = time.monotonic() - progress_at > ORPHAN_CHECK_S
                 if message.status in IN_FLIGHT and stalled and await workers.is_dead(db, message.worker_id):
-                    await self._mark_orphaned(db, message_id)
+                    await workers.fail_orphan(db, message_id)
+                    await db.commit()
                     continue
             if not sent_sources and (message.sources or message.status in ("streaming", "completed", "stopped")):
                 sent_sources = True
@@ -231,13 +231,3 @@ class AnswerStreams:
             elif stalled:
                 progress_at = time.monotonic()
             await asyncio.sleep(POLL_S)
-
-    @staticmethod
-    async def _mark_orphaned(db: AsyncSession, message_id: uuid.UUID) -> None:
-        with contextlib.suppress(Exception):
-            await db.execute(
-                update(models.ChatMessage)
-                .where(models.ChatMessage.id == message_id, models.ChatMessage.status.in_(IN_FLIGHT))
-                .values(status="failed", error_message=workers.INTERRUPTED, error_details=workers.ORPHANED)
-            )
-            await db.commit()

@@ -92,3 +92,12 @@ async def mark_orphans_failed(db: AsyncSession) -> int:
     )
     await db.commit()
     return result.rowcount
+
+
+async def fail_orphan(db: AsyncSession, message_id: uuid.UUID) -> None:
+    """Marks one answer whose writer is gone as failed (interrupted, retryable); the caller commits."""
+    await db.execute(
+        update(models.ChatMessage)
+        .where(models.ChatMessage.id == message_id, models.ChatMessage.status.in_(("pending", "streaming")))
+        .values(status="failed", error_message=INTERRUPTED, error_details=ORPHANED)
+    )
