@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from citechat.api import health
 from citechat.api.errors import install_error_handlers
+from citechat.auth import dev_tokens
 from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
 from citechat.chat import message_routes
@@ -66,4 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat_routes.router)
     app.include_router(message_routes.router)
     app.include_router(document_routes.router)
+    if dev_tokens.enabled(settings):
+        app.include_router(dev_tokens.router_for(settings))
     return app
