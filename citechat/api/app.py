@@ -19,6 +19,7 @@ from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
+from citechat.web import router as web_router
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +70,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(document_routes.router)
     if dev_tokens.enabled(settings):
         app.include_router(dev_tokens.router_for(settings))
+    app.include_router(web_router)
     return app
