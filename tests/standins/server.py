@@ -14,8 +14,9 @@ class BackgroundServer:
     ``start()`` returns once uvicorn is accepting connections; ``stop()`` asks it to exit and waits for the thread.
     ``port`` is 0 until the first start; a server can be started again after ``stop()`` (on a new port)."""
 
-    def __init__(self, app: Any, *, name: str = "server", start_timeout_s: float = 10.0) -> None:
+    def __init__(self, app: Any, *, name: str = "server", start_timeout_s: float = 10.0, lifespan: str = "off") -> None:
         self.app = app
+        self.lifespan = lifespan  # "on" runs the app's lifespan (a whole citechat app, not only a stand-in)
         self.name = name
         self.start_timeout_s = start_timeout_s
         self.port = 0
@@ -38,7 +39,7 @@ class BackgroundServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+            self.app, log_level="warning", access_log=False, lifespan=self.lifespan, timeout_graceful_shutdown=1
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=self.name)
