@@ -116,14 +116,14 @@ def test_failed_answer_shows_the_reason_and_retry(watched, person, model):
     page = watched.open()
     ask(page, "How far did the glacier retreat?")
     answer = page.locator(".msg-assistant").last
-    expect(answer.locator(".error-box")).to_contain_text("the language model failed; try again")
+    expect(answer.locator(".error-box")).to_contain_text("the language model failed; try again", ignore_case=True)
     expect(answer.get_by_role("button", name="Retry")).to_be_visible()
     expect(page.locator("#announcer")).to_contain_text("The answer failed")
     watched.screenshot("10-failed-with-retry")
 
     page.reload()  # the failure was saved: it shows again, with its Retry
     answer = page.locator(".msg-assistant").last
-    expect(answer.locator(".error-box")).to_contain_text("the language model failed; try again")
+    expect(answer.locator(".error-box")).to_contain_text("the language model failed; try again", ignore_case=True)
     expect(answer.get_by_role("button", name="Retry")).to_be_visible()
     watched.assert_clean()
 
@@ -182,8 +182,14 @@ def test_quota_refusal_says_when_asking_is_possible_again(watched, model):
     def refuse(route: Route) -> None:
         route.fulfill(status=429, json=body, headers={"Retry-After": "1520"})
 
+    limits = {
+        "user": {"limit": 50, "remaining": 2, "reset_at": reset.isoformat()},
+        "organization": {"limit": 1000, "remaining": 870, "reset_at": reset.isoformat()},
+    }
+    watched.page.route("**/api/v1/chat/limits", lambda route: route.fulfill(json=limits))
+    watched.page.route("**/api/v1/chat/message/stream*", refuse)
     page = watched.open()
-    page.route("**/api/v1/chat/message/stream*", refuse)
+    expect(page.locator("#quota-note")).to_contain_text("2 messages left, until")  # warned before it runs out
     ask(page, "How far did the glacier retreat?")
     notice = page.locator(".msg-assistant").last.locator(".rate-limit")
     expect(notice).to_contain_text("You have reached the message limit.")

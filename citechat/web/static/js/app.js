@@ -3,7 +3,7 @@
 
 import { api, auth } from "./api.js";
 import { signIn } from "./auth.js";
-import { ask, openSession, stop, updateEmpty } from "./conversation.js";
+import { ask, openSession, refreshLimits, stop, updateEmpty } from "./conversation.js";
 import { initDocuments, refresh as refreshDocuments, setOpen as setDocumentsOpen } from "./documents.js";
 import { $, hydrateIcons, setIcon, toast } from "./dom.js";
 import { initSettings, loadModels } from "./settings.js";
@@ -32,6 +32,7 @@ async function start() {
     sessionStorage.removeItem("citechat.session");
     boot();
   });
+  on("answer-finished", refreshLimits);
   on("documents-changed", (documents) => {
     $("#empty-upload").hidden = documents.some((d) => d.status === "ready");
   });
@@ -45,6 +46,7 @@ async function boot(message = null) {
   try {
     await Promise.all([loadModels(), refreshDocuments(), openFirstSession()]);
     await refreshSidebar();
+    refreshLimits();
   } catch (error) {
     if (error.status === 401) return; // the unauthorized handler signs in again
     toast(`Could not load: ${error.message}`, "error");

@@ -13,11 +13,13 @@ const messagesEl = $("#messages");
 const conversationEl = $("#conversation");
 
 let loads = 0;
-let loading = Promise.resolve();
+let firstOpened;
+let loading = new Promise((resolve) => { firstOpened = resolve; }); // until a first session is shown
 
 /** Shows a session: its newest messages, and re-attaches to an answer still being written. */
 export function openSession(session) {
   loading = load(session, ++loads);
+  loading.finally(firstOpened).catch(() => {});
   return loading;
 }
 
@@ -289,6 +291,26 @@ export function limitText(error) {
   const at = reset.toLocaleString([], sameDay ? { hour: "2-digit", minute: "2-digit" }
     : { weekday: "short", hour: "2-digit", minute: "2-digit" });
   return `${base} You can ask again at ${at} (${timeAgo(reset.toISOString())}).`;
+}
+
+/** A note above the composer when few messages are left in a quota (GET /limits; absent on older servers). */
+export async function refreshLimits() {
+  let limits;
+  try {
+    limits = await api(`${CHAT}/limits`);
+  } catch {
+    return;
+  }
+  const low = ["user", "organization"]
+    .map((scope) => ({ scope, ...limits?.[scope] }))
+    .filter((l) => typeof l.remaining === "number" && l.remaining <= Math.max(3, Math.ceil((l.limit ?? 0) * 0.1)));
+  const note = $("#quota-note");
+  note.hidden = !low.length;
+  if (!low.length) return;
+  const { scope, remaining, reset_at: resetAt } = low.sort((a, b) => a.remaining - b.remaining)[0];
+  const whose = scope === "organization" ? " for your organization" : "";
+  const until = resetAt ? `, until ${new Date(resetAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "";
+  note.textContent = `${remaining} message${remaining === 1 ? "" : "s"} left${whose}${until}.`;
 }
 
 // --- reconnecting -------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ export class AnswerView {
     this.el.setAttribute("aria-busy", "true");
     this.el.dataset.state = "thinking";
     this.notice.replaceChildren();
-    this.status.replaceChildren(h("span", { class: "thinking", role: "status" },
+    this.status.replaceChildren(h("span", { class: "thinking" },
       h("span", { class: "dots", "aria-hidden": "true" }, h("i"), h("i"), h("i")), label));
   }
 
@@ -88,7 +88,7 @@ export class AnswerView {
     this.final = ["completed", "failed", "stopped"].includes(message.status);
     this.sources = message.sources ?? [];
     this.render();
-    this.setSources(this.sources, this.final);
+    this.setSources(message.status === "failed" ? [] : this.sources, this.final); // a failed answer cites nothing
     this.status.replaceChildren();
     this.notice.replaceChildren();
     this.el.dataset.state = message.status;
@@ -116,8 +116,9 @@ export class AnswerView {
     this.el.dataset.state = "failed";
     this.el.removeAttribute("aria-busy");
     this.status.replaceChildren();
+    this.sourcesSlot.replaceChildren();
     this.notice.replaceChildren(h("div", { class: "error-box", role: "alert" },
-      icon("alert"), h("div", { class: "error-text" }, h("strong", {}, "The answer failed. "), detail),
+      icon("alert"), h("div", { class: "error-text" }, h("strong", {}, "The answer failed. "), capitalize(detail)),
       retry ? retryButton(retry) : null));
   }
 

@@ -38,7 +38,10 @@ export function isOpen() {
 
 export function setOpen(open) {
   document.body.classList.toggle("sidebar-collapsed", !open);
-  $("#sidebar-open").setAttribute("aria-expanded", String(open));
+  const toggle = $("#sidebar-open");
+  toggle.setAttribute("aria-expanded", String(open));
+  toggle.setAttribute("aria-label", open ? "Hide the history" : "Show the history");
+  toggle.title = toggle.getAttribute("aria-label");
   $("#sidebar-backdrop").hidden = !(open && narrow.matches);
   $("#sidebar").inert = !open;
   if (!narrow.matches) localStorage.setItem("citechat.sidebar", open ? "open" : "closed");

@@ -56,16 +56,18 @@ function card(source, key, final) {
   const classes = ["source", final ? (source.cited ? "cited" : "uncited") : "", unsupported ? "unsupported" : ""];
   const text = source.chunk_text ?? "";
   const passage = h("p", { class: "source-text" }, text);
+  const details = h("span", { class: "source-details" },
+    page ? h("span", { class: "source-page" }, page) : null,
+    relevance ? h("span", { class: "source-score", title: "Relevance to the question" },
+      h("span", { class: "meter", "aria-hidden": "true" }, h("span", { class: "meter-fill" })),
+      `${relevance} relevant`) : null);
   const item = h("li", { class: classes.join(" ").trim(), id: cardId(key, source.rank), tabindex: "-1" },
     h("div", { class: "source-top" },
       h("span", { class: "source-rank", "aria-label": `Source ${source.rank}` }, String(source.rank ?? "")),
       h("span", { class: "source-icon" }, icon("file")),
       h("div", { class: "source-title" },
         h("span", { class: "source-name", title: source.document_name }, source.document_name),
-        page ? h("span", { class: "source-page" }, page) : null),
-      relevance ? h("span", { class: "source-score", title: "Relevance to the question" },
-        h("span", { class: "meter", "aria-hidden": "true" },
-          h("span", { class: "meter-fill" })), relevance) : null),
+        details)),
     passage);
   const fill = item.querySelector(".meter-fill");
   if (fill && typeof source.relevance_score === "number") {
