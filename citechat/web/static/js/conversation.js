@@ -115,6 +115,7 @@ export async function retry(view) {
   if (state.live || !view.id) return;
   const turn = newTurn(state.session, view, null, { assistantId: view.id, isRetry: true });
   view.text = "";
+  view.final = false;
   view.render();
   view.setSources([]);
   view.thinking();
@@ -139,7 +140,7 @@ export async function stop() {
   }
   const final = message && ["completed", "failed", "stopped"].includes(message.status);
   turn.view.show(final ? message : { content: turn.view.text, status: "stopped", sources: turn.view.sources },
-    { retry: () => retry(turn.view) });
+    { retry: turn.view.id ? () => retry(turn.view) : null });
   announce("Stopped.");
   emit("answer-finished");
 }
@@ -171,6 +172,8 @@ async function follow(turn, open = null) {
       }
     }
     while (outcome === "lost" && !turn.stopped && !turn.detached) outcome = await resume(turn);
+  } catch (error) {
+    turn.view.error(`Something went wrong showing this answer (${error.message}). Reload to see it.`, null);
   } finally {
     if (state.live === turn) setLive(null);
     turn.view.reconnecting(false);
