@@ -6,6 +6,11 @@ Chromium is not downloaded by Playwright (the machine has no route to its CDN): 
 """
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +55,37 @@ def live_citechat(settings: Settings) -> Iterator[str]:
     """citechat (lifespan and all) on a free 127.0.0.1 port; yields its URL."""
     with BackgroundServer(create_app(settings), name="citechat", start_timeout_s=60, lifespan="on") as server:
         yield server.url
+
+
+@contextmanager
+def citechat_serve(data_dir: Path) -> Iterator[str]:
+    """``citechat serve`` as a user starts it (its own process, embedded defaults, 127.0.0.1); yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITECHAT_")} | {"CITECHAT_DATA_DIR": str(data_dir)}
+    log = data_dir.parent / f"serve-{port}.log"
+    command = [sys.executable, "-m", "citechat", "serve", "--port", str(port)]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"citechat serve did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @dataclass

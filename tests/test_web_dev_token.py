@@ -14,8 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 from citechat.api.app import create_app
 from citechat.auth.tokens import auth_secret
 from citechat.settings import Settings
-from tests.browser import ARTIFACTS, launch
-from tests.test_serve import Server
+from tests.browser import ARTIFACTS, citechat_serve, launch
 
 URL = "/api/v1/auth/dev-token"
 
@@ -100,17 +99,16 @@ def test_serve_tells_the_app_where_it_listens(monkeypatch):
 
 
 @pytest.fixture
-def served(tmp_path) -> Iterator[Server]:
-    server = Server(tmp_path / "data")
-    yield server
-    assert server.stop() == 0
+def served(tmp_path) -> Iterator[str]:
+    with citechat_serve(tmp_path / "data") as url:
+        yield url
 
 
 def test_the_page_signs_in_with_a_development_token_on_citechat_serve(served):
     with sync_playwright() as playwright:
         browser = launch(playwright)
         page = browser.new_page()
-        page.goto(served.url)
+        page.goto(served)
         expect(page.get_by_role("heading", name="Local sign-in")).to_be_visible(timeout=20_000)
         page.locator("#dev-user").fill("dana")
         page.locator("#dev-org").fill("field-team")

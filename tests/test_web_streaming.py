@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playwright.sync_api import Browser, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Route, expect, sync_playwright
 
 from tests import samples
 from tests.browser import Identity, WatchedPage, ask, launch, live_citechat
@@ -160,12 +160,14 @@ def test_retry_regenerates_the_failed_answer(watched, person, model):
 @NEEDS_ISSUE_5
 def test_stop_keeps_the_partial_answer(watched, person, model):
     model.answer_fn = lambda body: WORDS
-    model.stream_delay_s = 0.2
+    model.stream_delay_s = 0.4  # slow enough that the answer cannot finish before the stop reaches the server
     page = watched.open()
     ask(page, "What do the field notes say?")
     answer = page.locator(".msg-assistant").last
     expect(answer.locator(".markdown")).to_contain_text("The glacier survey")
-    page.keyboard.press("Escape")  # Esc stops, like the Stop button
+    with page.expect_response("**/api/v1/chat/message/*/cancel") as cancelled:
+        page.keyboard.press("Escape")  # Esc stops, like the Stop button
+    assert cancelled.value.json()["status"] == "stopped"
     expect(answer).to_have_attribute("data-state", "stopped")
     expect(answer.locator(".stopped-note")).to_contain_text("Stopped.")
     expect(answer.get_by_role("button", name="Regenerate")).to_be_visible()
@@ -216,25 +218,28 @@ def test_quota_refusal_says_when_asking_is_possible_again(watched, model):
 CUT_AFTER = 5  # user_message, sources and three tokens reach the page; then the connection drops
 
 
-def _drop_connection_mid_answer(watched: WatchedPage, model: OpenAIStandIn):
+def _drop_connection_mid_answer(watched: WatchedPage, model: OpenAIStandIn) -> tuple[Locator, dict]:
     """The page's stream delivers only the first events and then ends without done or error, as a connection that
-    breaks does. (Chromium's offline switch leaves open streams alone, so the cut is made by routing the request.)"""
+    breaks does. (Chromium's offline switch leaves open streams alone, so the cut is made by routing the request.)
+    Returns the answer and ``{"last_id"}``: the id of the last event the page got."""
     model.queue_answers(WORDS)
     model.stream_delay_s = 0.05
+    seen: dict = {}
 
     def cut(route: Route) -> None:
         response = route.fetch()
-        events = [block for block in response.text().split("\n\n") if block.startswith("id:")]
-        route.fulfill(response=response, body="\n\n".join(events[:CUT_AFTER]) + "\n\n")
+        events = [block for block in response.text().split("\n\n") if block.startswith("id:")][:CUT_AFTER]
+        seen["last_id"] = int(events[-1].splitlines()[0].removeprefix("id:"))
+        route.fulfill(response=response, body="\n\n".join(events) + "\n\n")
 
     page = watched.open()
     page.route("**/api/v1/chat/message/stream?*", cut)
     ask(page, "What do the field notes say?")
-    return page.locator(".msg-assistant").last
+    return page.locator(".msg-assistant").last, seen
 
 
 def test_lost_connection_resumes_the_answer(watched, person, model):
-    answer = _drop_connection_mid_answer(watched, model)
+    answer, _ = _drop_connection_mid_answer(watched, model)
     expect(answer).to_have_attribute("data-state", "completed")
     expect(answer.locator(".reconnect-note")).to_have_count(0)
     text = answer.locator(".markdown").inner_text()
@@ -246,10 +251,10 @@ def test_lost_connection_resumes_the_answer(watched, person, model):
 @NEEDS_ISSUE_5
 def test_lost_connection_replays_the_missed_events(watched, model):
     """The same through the stream's replay: GET .../stream with Last-Event-ID, not by reading the saved answer."""
-    answer = _drop_connection_mid_answer(watched, model)
+    answer, seen = _drop_connection_mid_answer(watched, model)
     expect(answer).to_have_attribute("data-state", "completed")
     replays = [h for method, url, h in watched.requests if method == "GET" and url.endswith("/stream")]
-    assert [int(h["last-event-id"]) for h in replays] == [CUT_AFTER]
+    assert [int(h["last-event-id"]) for h in replays] == [seen["last_id"]]
     polled = [url for method, url, _ in watched.requests if method == "GET" and "/messages?limit=10" in url]
     assert not polled
     text = answer.locator(".markdown").inner_text()

@@ -106,7 +106,7 @@ export async function api(path, options = {}) {
 /** Opens an event stream (POST with a JSON body, or GET); the caller reads it with ``events()``. */
 export async function openStream(path, { method = "POST", body, lastEventId, signal } = {}) {
   const extraHeaders = { Accept: "text/event-stream" };
-  if (lastEventId) extraHeaders["Last-Event-ID"] = String(lastEventId);
+  if (lastEventId !== null && lastEventId !== undefined) extraHeaders["Last-Event-ID"] = String(lastEventId);
   return request(path, { method, body, signal, extraHeaders });
 }
 

@@ -87,7 +87,8 @@ const nearEnd = () => conversationEl.scrollHeight - conversationEl.scrollTop - c
 // --- asking -------------------------------------------------------------------------------------------------
 
 function newTurn(session, view, userEl, extra = {}) {
-  return { session, view, userEl, assistantId: null, lastId: 0, stopped: false, controller: new AbortController(),
+  // lastId: the SSE id of the last event seen (null: none), sent back as Last-Event-ID when re-attaching.
+  return { session, view, userEl, assistantId: null, lastId: null, stopped: false, controller: new AbortController(),
     ...extra };
 }
 
@@ -130,6 +131,8 @@ export async function stop() {
   if (!turn || turn.stopped) return;
   turn.stopped = true;
   turn.controller.abort();
+  const retryIt = turn.view.id || turn.assistantId ? () => retry(turn.view) : null;
+  turn.view.show({ content: turn.view.text, status: "stopped", sources: turn.view.sources }, { retry: retryIt });
   let message = null;
   if (turn.assistantId) {
     try {
@@ -138,9 +141,9 @@ export async function stop() {
       message = await storedAnswer(turn).catch(() => null); // it may have finished just before
     }
   }
-  const final = message && ["completed", "failed", "stopped"].includes(message.status);
-  turn.view.show(final ? message : { content: turn.view.text, status: "stopped", sources: turn.view.sources },
-    { retry: turn.view.id ? () => retry(turn.view) : null });
+  if (message && ["completed", "failed", "stopped"].includes(message.status)) {
+    turn.view.show(message, { retry: () => retry(turn.view) }); // what the server kept (or finished first)
+  }
   announce("Stopped.");
   emit("answer-finished");
 }
@@ -330,7 +333,7 @@ async function resume(turn) {
         const response = await openStream(`${CHAT}/message/${turn.assistantId}/stream`, {
           method: "GET", lastEventId: turn.lastId, signal: turn.controller.signal,
         });
-        if (turn.lastId === 0) turn.view.text = ""; // replayed from the start
+        if (!turn.lastId) turn.view.text = ""; // no text seen yet: the replay brings all of it
         turn.attaching = false;
         return await consume(turn, response);
       } catch (error) {
