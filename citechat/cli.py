@@ -33,8 +33,11 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the API (embedded PostgreSQL unless CITECHAT_DATABASE_URL is set; migrations applied on start)."""
+    import os
+
     import uvicorn
 
+    os.environ["CITECHAT_SERVE_HOST"] = host  # the app (in every worker) learns where it listens
     uvicorn.run(
         "citechat.api.app:create_app",
         factory=True,

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     auth_jwks_url: str | None = Field(default=None, description="JWKS URL whose RS256/ES256 keys verify bearer tokens.")
     auth_audience: str | None = Field(default=None, description="When set, tokens must carry this `aud` claim.")
     auth_issuer: str | None = Field(default=None, description="When set, tokens must carry this `iss` claim.")
+    serve_host: str | None = Field(
+        default=None,
+        description="Interface `citechat serve` binds (it sets this itself); loopback enables development tokens.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser.",

@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from citechat.api import health
 from citechat.api.errors import install_error_handlers
+from citechat.auth import dev_tokens
 from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
 from citechat.chat import message_routes
@@ -19,6 +20,7 @@ from citechat.documents import routes as document_routes
 from citechat.ratelimits import routes as ratelimit_routes
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
+from citechat.web import router as web_router
 
 log = logging.getLogger(__name__)
 
@@ -69,4 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(message_routes.router)
     app.include_router(ratelimit_routes.router)
     app.include_router(document_routes.router)
+    if dev_tokens.enabled(settings):
+        app.include_router(dev_tokens.router_for(settings))
+    app.include_router(web_router)
     return app

@@ -17,6 +17,7 @@ class BackgroundServer:
 
     def __init__(self, app: Any, *, name: str = "server", start_timeout_s: float = 10.0, lifespan: str = "off") -> None:
         self.app = app
+        self.lifespan = lifespan  # "on" runs the app's lifespan (a whole citechat app, not only a stand-in)
         self.name = name
         self.lifespan = lifespan
         self.start_timeout_s = start_timeout_s
