@@ -6,11 +6,6 @@ Chromium is not downloaded by Playwright (the machine has no route to its CDN): 
 """
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +20,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect
 from citechat.api.app import create_app
 from citechat.settings import Settings
 from tests.conftest import token_for
+from tests.live import Server, clean_env
 from tests.standins.server import BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,32 +56,11 @@ def live_citechat(settings: Settings) -> Iterator[str]:
 @contextmanager
 def citechat_serve(data_dir: Path) -> Iterator[str]:
     """``citechat serve`` as a user starts it (its own process, embedded defaults, 127.0.0.1); yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITECHAT_")} | {"CITECHAT_DATA_DIR": str(data_dir)}
-    log = data_dir.parent / f"serve-{port}.log"
-    command = [sys.executable, "-m", "citechat", "serve", "--port", str(port)]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
-    url = f"http://127.0.0.1:{port}"
+    server = Server(clean_env(CITECHAT_DATA_DIR=str(data_dir)), data_dir.parent)
     try:
-        deadline = time.monotonic() + 90
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"citechat serve did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
+        yield server.url
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        assert server.stop() == 0, server.log.read_text()[-3000:]
 
 
 @dataclass

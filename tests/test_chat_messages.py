@@ -26,6 +26,20 @@ async def asker(client, identity):
     return await new_conversation(client, identity)
 
 
+async def stream_question(
+    client, headers, session, question: str = "How far did the glacier retreat?", **body
+) -> list[tuple[int, str, dict]]:
+    """Asks over SSE (balanced mode unless told) and returns the events once the answer has ended."""
+    response = await client.post(
+        f"{API}/message/stream",
+        params={"session_id": session["id"]},
+        json={"question": question, "mode": "balanced"} | body,
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    return parse_sse(response.text)
+
+
 def parse_sse(body: str) -> list[tuple[int, str, dict]]:
     events = []
     for block in body.strip().split("\n\n"):

@@ -19,7 +19,7 @@ from citechat.db.embedded import EmbeddedPostgres
 from tests.conftest import client_for, derive
 from tests.standins.openai import OpenAIStandIn
 from tests.standins.server import BackgroundServer
-from tests.test_chat_messages import new_conversation, parse_sse
+from tests.test_chat_messages import new_conversation, parse_sse, stream_question
 
 API = "/api/v1/chat"
 KEY = "standin-key-0123456789"
@@ -181,13 +181,7 @@ async def test_llm_error_mid_stream_is_saved_failed_and_retried_in_place(served,
     client = served
     headers, session = await new_conversation(client, identity)
     model_server.stream_error_after = 5  # words, 50 ms apart, then OpenAI's error event
-    response = await client.post(
-        f"{API}/message/stream",
-        params={"session_id": session["id"]},
-        json={"question": "How far did the glacier retreat?", "mode": "balanced"},
-        headers=headers,
-    )
-    events = parse_sse(response.text)
+    events = await stream_question(client, headers, session)
     assert [name for _, name, _ in events][-1] == "error" and events[-1][2]["retryable"] is True
     assert events[-1][2]["detail"] == "the language model failed mid-answer; try again"
     failed = (await messages_of(client, headers, session))[-1]

@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests import samples
-from tests.browser import Identity, WatchedPage, ask, launch, live_citechat
+from tests.browser import Identity, WatchedPage, ask, live_citechat
 
 GLACIER = "How far did the glacier retreat at the Vatnajokull outlet?"
 
@@ -18,14 +18,6 @@ GLACIER = "How far did the glacier retreat at the Vatnajokull outlet?"
 def base_url(settings) -> Iterator[str]:
     with live_citechat(settings) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playwright.sync_api import Browser, Locator, Route, expect, sync_playwright
+from playwright.sync_api import Locator, Route, expect
 
 from tests import samples
-from tests.browser import Identity, WatchedPage, ask, launch, live_citechat
+from tests.browser import Identity, WatchedPage, ask, live_citechat
 from tests.conftest import derive
 from tests.standins.openai import OpenAIStandIn
 
@@ -35,14 +35,6 @@ def base_url(settings, model) -> Iterator[str]:
     )
     with live_citechat(configured) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
