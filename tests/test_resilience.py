@@ -193,6 +193,7 @@ async def test_llm_error_mid_stream_is_saved_failed_and_retried_in_place(served,
     quota_before = (await client.get(f"{API}/limits", headers=headers)).json()["user"]["remaining"]
     retried = await client.post(f"{API}/message/{failed['id']}/retry", headers=headers)
     assert retried.status_code == 200, retried.text
+    assert retried.headers["X-RateLimit-Remaining"] == str(quota_before)  # shown, not spent
     answer = retried.json()
     assert (answer["id"], answer["status"], answer["content"]) == (failed["id"], "completed", ANSWER)
     assert answer["error_message"] is None and answer["metadata"]["attempt"] == 2

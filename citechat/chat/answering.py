@@ -60,7 +60,7 @@ class Turn:
     mode: ResponseMode
     model: str
     history: list[LLMMessage]
-    quota: Quota | None = None  # after this message was counted (None when it was not: a retry of a failure)
+    quota: Quota | None = None  # the tighter quota once this message was counted (or not: retrying a failure)
     started: float = field(default_factory=time.perf_counter)
     text: str = ""  # streamed so far (persisted by the stream's flusher)
     stop_requested: bool = False  # the user asked to stop: end "stopped", keeping the text
@@ -112,7 +112,7 @@ class Answering:
         async with self.sessions() as db:  # refusals first, so they cost no quota
             _, assistant, _ = await self._retryable(db, principal, message_id)
             free = assistant.status == "failed"
-        quota = None if free else await self.limits.consume(principal)
+        quota = await (self.limits.tightest(principal) if free else self.limits.consume(principal))
         async with self.sessions() as db:
             session, assistant, user = await self._retryable(db, principal, message_id)
             session_id = session.id

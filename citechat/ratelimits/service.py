@@ -76,6 +76,10 @@ class RateLimits:
                 raise RateLimited(await self._quota("organization", self._org, org))
         except StorageError as exc:
             raise ServiceUnavailable("the rate-limit store is unavailable; try again shortly") from exc
+        return await self.tightest(principal)
+
+    async def tightest(self, principal: Principal) -> Quota:
+        """The quota with the fewest messages left (for the ``X-RateLimit-*`` headers)."""
         return min(await self.status(principal), key=lambda quota: quota.remaining)
 
     async def status(self, principal: Principal) -> tuple[Quota, Quota]:
