@@ -5,7 +5,7 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from citechat.api.app import create_app
 from citechat.documents import models
@@ -264,5 +264,18 @@ async def test_embedding_model_mismatch_asks_for_reindex(app, db, org_headers):
     try:
         with pytest.raises(IndexMismatch, match="citechat reindex"):
             await retrieve(app, Organization(uuid.uuid4(), org), "anything")
+    finally:
+        await app.state.index.adopt_model()
+
+
+async def test_first_documents_indexed_at_once_record_the_model_once(app, db):
+    """Documents are indexed two at a time: on an empty index the first ones race to record the model."""
+    await db.execute(delete(models.EmbeddingIndex))
+    await db.commit()
+    try:
+        await asyncio.gather(*(app.state.index.check_model() for _ in range(8)))
+        assert (await db.execute(select(models.EmbeddingIndex.model))).scalars().all() == [
+            app.state.index.embedder.model_name
+        ]
     finally:
         await app.state.index.adopt_model()

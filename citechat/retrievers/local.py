@@ -20,6 +20,7 @@ from typing import Literal
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from sqlalchemy import delete, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from citechat.documents import models
@@ -255,12 +256,14 @@ class LocalIndex:
     async def check_model(self) -> None:
         """Record the embedding model on first use; refuse to mix vectors from two models."""
         async with self._sessions() as db, db.begin():
+            # Documents are indexed concurrently: the first ones may race to record the model, and one wins.
+            await db.execute(
+                insert(models.EmbeddingIndex)
+                .values(id=1, model=self._embedder.model_name, dimensions=self._embedder.dimensions)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
             recorded = await db.get(models.EmbeddingIndex, 1)
-            if recorded is None:
-                db.add(
-                    models.EmbeddingIndex(id=1, model=self._embedder.model_name, dimensions=self._embedder.dimensions)
-                )
-            elif recorded.model != self._embedder.model_name:
+            if recorded.model != self._embedder.model_name:
                 raise IndexMismatch(
                     f"the document index was built with {recorded.model} but {self._embedder.model_name} is "
                     "configured: run `citechat reindex` (or configure the original model)"
