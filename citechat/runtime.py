@@ -16,6 +16,7 @@ from citechat.pipeline.prompts import PromptStore
 from citechat.retrievers.base import IndexBackend
 from citechat.retrievers.factory import index_from_settings
 from citechat.settings import Settings
+from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, resume_ingestion: bool = True, telemetry: Telemetry = NO_TELEMETRY
+) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         database = await stack.enter_async_context(open_database(settings))
         index = index_from_settings(settings, database.sessions)
@@ -48,6 +51,7 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
+            telemetry=telemetry,
         )
         streams = AnswerStreams(answering)
         stack.push_async_callback(streams.aclose)

@@ -24,6 +24,7 @@ from citechat.db.embedded import EmbeddedPostgres
 from citechat.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 60
+STARTUP_TIMEOUT_S = 60  # the first start migrates a fresh database: over asgi-lifespan's 5 s on a busy machine
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,7 @@ def derive(settings: Settings, **changes: object) -> Settings:
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with LifespanManager(application, startup_timeout=STARTUP_TIMEOUT_S):
         yield application
 
 
@@ -73,7 +74,7 @@ async def _client(app: FastAPI, **transport: object) -> AsyncIterator[httpx.Asyn
 @asynccontextmanager
 async def client_for(app: FastAPI, **transport: object) -> AsyncIterator[httpx.AsyncClient]:
     """Runs the app's lifespan and yields a client for it (for tests that need their own settings or routes)."""
-    async with LifespanManager(app), _client(app, **transport) as c:
+    async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT_S), _client(app, **transport) as c:
         yield c
 
 

@@ -29,6 +29,7 @@ from citechat.pipeline.llms import EXTRACTIVE, LLMProvider, describe_failure
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
 from citechat.retrievers.base import IndexBackend, Organization
+from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 TITLE_LENGTH = 50
@@ -66,6 +67,7 @@ class Answering:
     prompts: PromptStore
     top_k: int
     min_similarity: float
+    telemetry: Telemetry = NO_TELEMETRY
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
@@ -106,6 +108,10 @@ class Answering:
             return Turn(principal, session_id, user, assistant.id, question, mode, model, history)
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
+        async for event in self.telemetry.observe_answer(turn, self._run(turn)):
+            yield event
+
+    async def _run(self, turn: Turn) -> AsyncIterator[Event]:
         yield Event("user_message", _message_json(turn.user_message, []))
         stage, timings = "retrieval", {}
         try:
@@ -120,6 +126,7 @@ class Answering:
                 prompts=prompts,
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
+                telemetry=self.telemetry,
             )
             timings |= generation.timings_ms
             sources = await self._save_sources(turn, generation.sources)
