@@ -100,6 +100,7 @@ class AppTelemetry:
     @contextmanager
     def running(self) -> Iterator[Telemetry]:
         """Exporters attached and LlamaIndex instrumented; on exit, everything pending is flushed and shut down."""
+        readers: list[MetricReader] = []
         try:
             if self.tracer_provider is not None:
                 for processor in _span_processors(self.exporters):
@@ -108,12 +109,17 @@ class AppTelemetry:
             if self.meter_provider is not None:
                 for reader in _metric_readers(self.exporters):
                     self.meter_provider.add_metric_reader(reader)
+                    readers.append(reader)
             with self._llama_index_spans():
                 yield self.telemetry
         finally:
-            for provider in (self.tracer_provider, self.meter_provider):
-                if provider is not None:
-                    provider.shutdown()
+            if self.tracer_provider is not None:
+                self.tracer_provider.shutdown()
+            if self.meter_provider is not None:
+                for reader in readers:  # the provider's shutdown only reaches readers it was constructed with
+                    reader.force_flush()  # a last collection and export
+                    self.meter_provider.remove_metric_reader(reader)  # and its shutdown
+                self.meter_provider.shutdown()
 
     @contextmanager
     def database_spans(self, engine: AsyncEngine) -> Iterator[None]:
