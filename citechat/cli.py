@@ -354,7 +354,7 @@ def token(
     admin: Annotated[bool, typer.Option(help="Grant the admin role (operators' routes: /api/v1/admin).")] = False,
 ) -> None:
     """Print an HS256 bearer token signed with the service's secret, for local use and scripts."""
-    from citechat.auth.tokens import auth_secret, issue_token, parse_ttl
+    from citechat.auth.tokens import ADMIN_ROLE, auth_secret, issue_token, parse_ttl
 
     try:
         lifetime = parse_ttl(ttl)
@@ -364,5 +364,5 @@ def token(
     if secret is None:
         typer.echo("No CITECHAT_AUTH_SECRET is set, and tokens are verified elsewhere (JWKS).", err=True)
         raise typer.Exit(2)
-    roles = ["admin"] if admin else None
+    roles = [ADMIN_ROLE] if admin else None
     typer.echo(issue_token(secret, user=user, organizations=org, ttl=lifetime, name=name, email=email, roles=roles))

@@ -80,9 +80,13 @@ def tracing(app, settings, model_server):
     return make
 
 
+LOOSE = {f"slo_{stage}_ms": 600_000 for stage in ("end_to_end", "retrieval", "condense", "ttft", "generation")}
+
+
 @pytest.fixture
 async def traced(tracing) -> AsyncIterator[Traced]:
-    async for running in tracing():
+    """Targets out of reach: a busy machine never flips a breach flag (``test_content_and_breaches...`` sets them)."""
+    async for running in tracing(**LOOSE):
         yield running
 
 
@@ -211,7 +215,7 @@ async def test_metrics_of_answers_and_failures(traced, model_server, identity):
 
 
 async def test_content_and_breaches_when_asked_for(tracing, model_server, identity):
-    async for traced in tracing(trace_content=True, slo_retrieval_ms=0.001, slo_end_to_end_ms=0.001):
+    async for traced in tracing(trace_content=True, **LOOSE | {"slo_retrieval_ms": 0.001, "slo_end_to_end_ms": 0.001}):
         headers, session = await new_conversation(traced.client, identity)
         traced.spans.clear()
         model_server.queue_answers(ANSWER)
@@ -223,7 +227,7 @@ async def test_content_and_breaches_when_asked_for(tracing, model_server, identi
         assert chat.attributes["citechat.question"] == FIRST and chat.attributes["citechat.answer"] == ANSWER
         assert retrieve.attributes["citechat.query"] == FIRST
         assert chat.attributes["citechat.slo.breached"] is True and retrieve.attributes["citechat.slo.breached"] is True
-        assert generate.attributes["citechat.slo.breached"] is False  # its own targets are the defaults
+        assert generate.attributes["citechat.slo.breached"] is False
         assert PASSAGE in every_text(trace)  # LlamaIndex's spans show the passages now
         assert KEY not in every_text(spans)  # secrets never
 
@@ -235,3 +239,29 @@ async def test_nothing_is_traced_by_default(settings, identity):
         assert (await client.get(f"{API}/session", headers=headers)).status_code == 200
         telemetry = app.state.telemetry
         assert not telemetry.tracer.start_span("x").is_recording()
+
+
+async def test_an_answer_cut_off_by_shutdown(traced, model_server, identity):
+    from citechat.chat.schemas import SendMessage
+
+    headers, session = await new_conversation(traced.client, identity)
+    async with traced.app.state.database.sessions() as db:
+        principal = await traced.app.state.authenticator.authenticate(headers["Authorization"].split()[1], None, db)
+    model_server.queue_answers(" ".join(["word"] * 200))
+    model_server.stream_delay_s = 0.05
+    answering, streams = traced.app.state.answering, traced.app.state.streams
+    turn = await answering.begin(principal, uuid.UUID(session["id"]), SendMessage(question=FIRST, mode="balanced"))
+    async for _, event in streams.start(turn).follow():
+        if event.name == "token":
+            break
+    await streams.aclose()  # what the lifespan does at shutdown
+
+    [chat] = [s for s in traced.spans.get_finished_spans() if s.name == "citechat.chat"]
+    assert chat.attributes["citechat.outcome"] == "interrupted" and chat.status.status_code == StatusCode.ERROR
+    assert chat.attributes["citechat.failure.stage"] == "generation"
+    [generate] = [s for s in traced.spans.get_finished_spans() if s.name == "citechat.generate"]
+    assert generate.status.status_code == StatusCode.ERROR
+    [failure] = traced.metric("citechat.failures")
+    assert failure.attributes["citechat.outcome"] == "interrupted" and failure.value == 1
+    [message] = traced.metric("citechat.messages")
+    assert message.attributes["citechat.outcome"] == "interrupted"

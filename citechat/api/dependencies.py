@@ -8,6 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from citechat.auth.service import Principal
+from citechat.auth.tokens import ADMIN_ROLE
 from citechat.db.database import Database
 from citechat.errors import PermissionDenied
 from citechat.settings import Settings
@@ -54,7 +55,3 @@ def require_admin(principal: CurrentPrincipal) -> Principal:
     if ADMIN_ROLE not in principal.roles:
         raise PermissionDenied("this needs a token with the admin role")
     return principal
-
-
-ADMIN_ROLE = "admin"
-AdminPrincipal = Annotated[Principal, Depends(require_admin)]

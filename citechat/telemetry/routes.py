@@ -3,19 +3,23 @@
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from citechat.api.dependencies import AdminPrincipal, DbSession, SettingsDep
+from citechat.api.dependencies import DbSession, SettingsDep, require_admin
 from citechat.api.errors import error_responses
 from citechat.telemetry.slo import SloReport, Window, slo_report
 from citechat.telemetry.targets import Targets
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=error_responses(401, 403, 503))
+router = APIRouter(
+    prefix="/api/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, 503),
+)
 
 
 @router.get("/slo", summary="How recent answers did against the service's targets")
 async def get_slo(
-    principal: AdminPrincipal,
     db: DbSession,
     settings: SettingsDep,
     since: Annotated[Window, Query(description="How far back: 30m, 24h, 7d (at most 366d).")] = timedelta(hours=24),

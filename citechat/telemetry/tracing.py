@@ -33,7 +33,7 @@ SCOPE = "citechat"
 
 
 class Telemetry:
-    """What citechat reports to, for one process (built in the app's lifespan; ``NO_TELEMETRY`` elsewhere)."""
+    """What citechat reports to: the app's (``setup.AppTelemetry``), or ``NO_TELEMETRY`` (the CLI, benchmarks)."""
 
     def __init__(
         self,
@@ -95,11 +95,13 @@ class Telemetry:
             self.content(span, content or {})
             # LlamaIndex's spans (OpenInference) take their parent from LlamaIndex's own span stack before the current
             # OpenTelemetry span: cleared here, the LlamaIndex calls a stage makes nest inside the stage's span.
-            llama_index_parent = active_span_id.set(None)
+            inside_llama_index = span.is_recording() and active_span_id.get() is not None
+            llama_index_parent = active_span_id.set(None) if inside_llama_index else None
             try:
                 yield span
             finally:
-                active_span_id.reset(llama_index_parent)
+                if llama_index_parent is not None:
+                    active_span_id.reset(llama_index_parent)
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
                 if (target := self._stage_targets.get(name)) is not None:
@@ -118,11 +120,9 @@ class Telemetry:
 
         Watching the events rather than the code that makes them keeps the answering flow free of telemetry."""
         watch = _AnswerWatch(self, turn)
-        async with aclosing(events):
-            with self.stage_span(
-                "citechat.chat", content={"citechat.question": turn.question}, **watch.attributes
-            ) as span:
-                watch.chat = span
+        with self.stage_span("citechat.chat", content={"citechat.question": turn.question}, **watch.attributes) as span:
+            watch.chat = span
+            async with aclosing(events):  # closed inside the span: an interrupted answer's last writes belong to it
                 try:
                     async for event in events:
                         watch.see(event)
