@@ -107,9 +107,8 @@ class Answering:
             await db.commit()
             return Turn(principal, session_id, user, assistant.id, question, mode, model, history)
 
-    async def run(self, turn: Turn) -> AsyncIterator[Event]:
-        async for event in self.telemetry.observe_answer(turn, self._run(turn)):
-            yield event
+    def run(self, turn: Turn) -> AsyncIterator[Event]:
+        return self.telemetry.observe_answer(turn, self._run(turn))  # closing it closes _run at once
 
     async def _run(self, turn: Turn) -> AsyncIterator[Event]:
         yield Event("user_message", _message_json(turn.user_message, []))
