@@ -302,6 +302,33 @@ def bench_ingest(
     typer.echo(table)
 
 
+@app.command()
+def slo(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """How recent answers did against the targets: latency percentiles, error rate, tokens and cost per message."""
+    from pydantic import ValidationError
+
+    from citechat.db.database import open_database
+    from citechat.telemetry.slo import parse_window, render, slo_report
+    from citechat.telemetry.targets import Targets
+
+    try:
+        window = parse_window(since)
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"], param_hint="--since") from exc
+    settings = Settings()
+
+    async def run():
+        async with open_database(settings) as database, database.sessions() as db:
+            return await slo_report(db, window, Targets.from_settings(settings), settings.model_prices)
+
+    logging.config.dictConfig(logging_config("warning"))
+    report = asyncio.run(run())
+    typer.echo(report.model_dump_json(indent=2) if as_json else render(report))
+
+
 @prompts_app.command("check")
 def prompts_check(
     directory: Annotated[
@@ -327,9 +354,10 @@ def token(
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 30m, 12h, 7d.")] = "1d",
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    admin: Annotated[bool, typer.Option(help="Grant the admin role (operators' routes: /api/v1/admin).")] = False,
 ) -> None:
     """Print an HS256 bearer token signed with the service's secret, for local use and scripts."""
-    from citechat.auth.tokens import auth_secret, issue_token, parse_ttl
+    from citechat.auth.tokens import ADMIN_ROLE, auth_secret, issue_token, parse_ttl
 
     try:
         lifetime = parse_ttl(ttl)
@@ -339,4 +367,5 @@ def token(
     if secret is None:
         typer.echo("No CITECHAT_AUTH_SECRET is set, and tokens are verified elsewhere (JWKS).", err=True)
         raise typer.Exit(2)
-    typer.echo(issue_token(secret, user=user, organizations=org, ttl=lifetime, name=name, email=email))
+    roles = [ADMIN_ROLE] if admin else None
+    typer.echo(issue_token(secret, user=user, organizations=org, ttl=lifetime, name=name, email=email, roles=roles))

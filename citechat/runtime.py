@@ -18,6 +18,7 @@ from citechat.ratelimits.service import rate_limits_from_settings
 from citechat.retrievers.base import IndexBackend
 from citechat.retrievers.factory import index_from_settings
 from citechat.settings import Settings
+from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, resume_ingestion: bool = True, telemetry: Telemetry = NO_TELEMETRY
+) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         database = await stack.enter_async_context(open_database(settings))
         index = index_from_settings(settings, database.sessions)
@@ -59,6 +62,7 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
             limits=rate_limits_from_settings(settings, database.sessions),
             retrieval_timeout_s=settings.retrieval_timeout_s,
             worker_id=lease.id,
+            telemetry=telemetry,
         )
         streams = AnswerStreams(answering)
         stack.push_async_callback(streams.aclose)

@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         le=16,
         description="Documents indexed at once: one's parsing and storing overlap another's embedding.",
     )
+    trace_content: bool = Field(
+        default=False,
+        description="Put questions, passages and answers into trace spans (never on by default: they are user data).",
+    )
+    slo_end_to_end_ms: float = Field(default=5000, gt=0, description="Target P95 of a whole answer, in ms.")
+    slo_retrieval_ms: float = Field(default=500, gt=0, description="Target P95 of retrieval, in ms.")
+    slo_condense_ms: float = Field(default=1000, gt=0, description="Target P95 of condensing a follow-up, in ms.")
+    slo_ttft_ms: float = Field(default=2000, gt=0, description="Target P95 of the time to the first token, in ms.")
+    slo_generation_ms: float = Field(default=4000, gt=0, description="Target P95 of generation, in ms.")
+    slo_error_rate: float = Field(default=0.05, ge=0, le=1, description="Target share of answers that fail.")
+    slo_cost_per_message_usd: float = Field(default=0.05, ge=0, description="Target average cost of an answer.")
     openai_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("OPENAI_API_KEY", "CITECHAT_OPENAI_API_KEY"),

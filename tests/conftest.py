@@ -26,6 +26,7 @@ from citechat.db.embedded import EmbeddedPostgres
 from citechat.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 60
+STARTUP_TIMEOUT_S = 60  # the first start migrates a fresh database: over asgi-lifespan's 5 s on a busy machine
 
 
 @pytest.fixture(scope="session")

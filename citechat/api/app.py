@@ -20,13 +20,17 @@ from citechat.documents import routes as document_routes
 from citechat.ratelimits import routes as ratelimit_routes
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
+from citechat.telemetry import routes as telemetry_routes
+from citechat.telemetry.setup import AppTelemetry, Exporters
 from citechat.web import router as web_router
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, exporters: Exporters | None = None) -> FastAPI:
+    """``exporters``: where telemetry goes (default: the ``OTEL_*`` variables; tests pass in-memory ones)."""
     settings = settings or Settings()
+    observability = AppTelemetry(settings, exporters or Exporters.from_env())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.settings = settings
             app.state.authenticator = Authenticator(verifier)
             app.state.schema_head = head_revision()
-            runtime = await stack.enter_async_context(open_runtime(settings))
+            app.state.telemetry = telemetry = stack.enter_context(observability.running())
+            runtime = await stack.enter_async_context(open_runtime(settings, telemetry=telemetry))
+            stack.enter_context(observability.database_spans(runtime.database.engine))
             app.state.database = runtime.database
             app.state.index = runtime.index
             app.state.ingestion = runtime.ingestion
@@ -57,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Chat with your documents; every answer cites document and page.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=observability.fastapi_config(),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -74,4 +81,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if dev_tokens.enabled(settings):
         app.include_router(dev_tokens.router_for(settings))
     app.include_router(web_router)
+    app.include_router(telemetry_routes.router)
     return app

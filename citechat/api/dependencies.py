@@ -8,7 +8,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from citechat.auth.service import Principal
+from citechat.auth.tokens import ADMIN_ROLE
 from citechat.db.database import Database
+from citechat.errors import PermissionDenied
 from citechat.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT: HS256 with the service's secret, or RS256/ES256.")
@@ -16,6 +18,9 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT: HS256 with the servic
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_database(request: Request) -> Database:
@@ -43,3 +48,10 @@ async def get_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    """Operators' routes: the token's ``roles`` claim must hold ``admin`` (``citechat token --admin``)."""
+    if ADMIN_ROLE not in principal.roles:
+        raise PermissionDenied("this needs a token with the admin role")
+    return principal

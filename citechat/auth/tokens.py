@@ -16,6 +16,7 @@ from citechat.errors import AuthenticationError, ConfigurationError, ServiceUnav
 from citechat.settings import Settings
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
+ADMIN_ROLE = "admin"  # in a token's `roles` claim: the operators' routes (/api/v1/admin)
 _SECRET_FILE = "auth-secret"  # noqa: S105 (a file name, not a secret)
 
 

@@ -34,6 +34,7 @@ from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
 from citechat.ratelimits.service import Quota, RateLimits
 from citechat.retrievers.base import IndexBackend, Organization
+from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +81,7 @@ class Answering:
     limits: RateLimits
     retrieval_timeout_s: float | None = None
     worker_id: uuid.UUID | None = None  # the process's lease (see chat.workers); None outside a server
+    telemetry: Telemetry = NO_TELEMETRY
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
@@ -196,7 +198,10 @@ class Answering:
             worker_id=self.worker_id,
         )
 
-    async def run(self, turn: Turn) -> AsyncIterator[Event]:
+    def run(self, turn: Turn) -> AsyncIterator[Event]:
+        return self.telemetry.observe_answer(turn, self._run(turn))  # closing it closes _run at once
+
+    async def _run(self, turn: Turn) -> AsyncIterator[Event]:
         yield Event(
             "user_message", message_json(turn.user_message, []) | {"assistant_message_id": str(turn.assistant_id)}
         )
@@ -214,6 +219,7 @@ class Answering:
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
                 retrieval_timeout_s=self.retrieval_timeout_s,
+                telemetry=self.telemetry,
             )
             timings |= generation.timings_ms
             sources = await self._save_sources(turn, generation.sources)

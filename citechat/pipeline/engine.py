@@ -23,6 +23,7 @@ from citechat.pipeline.extractive import ExtractiveLLM
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptSet
 from citechat.retrievers.base import RetrievalUnavailable
+from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 
 class SourceGate(BaseNodePostprocessor):
@@ -54,9 +55,11 @@ class TimedRetriever(BaseRetriever):
     """The organization's retriever, noting when retrieval started and ended (what comes before it is condensing),
     and giving up after ``timeout_s``: a retriever that hangs must fail the answer, retryably, not hold it."""
 
-    def __init__(self, inner: BaseRetriever, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, inner: BaseRetriever, timeout_s: float | None = None, telemetry: Telemetry = NO_TELEMETRY
+    ) -> None:
         super().__init__()
-        self._inner, self._timeout_s = inner, timeout_s
+        self._inner, self._timeout_s, self._telemetry = inner, timeout_s, telemetry
         self.started = self.finished = None
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -65,12 +68,32 @@ class TimedRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         self.started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._inner.aretrieve(query_bundle)
+            with self._telemetry.stage_span(
+                "citechat.retrieve", content={"citechat.query": query_bundle.query_str}
+            ) as span:
+                async with asyncio.timeout(self._timeout_s):
+                    nodes = await self._inner.aretrieve(query_bundle)
+                span.set_attribute("citechat.retrieval.results", len(nodes))
+                return nodes
         except TimeoutError:
             raise RetrievalUnavailable(f"retrieval took longer than {self._timeout_s:g} s; try again") from None
         finally:
             self.finished = time.perf_counter()
+
+
+class TracedChatEngine(CondensePlusContextChatEngine):
+    """Condensing a follow-up in a ``citechat.condense`` span. LlamaIndex has no hook around it, so this overrides the
+    method that does it (unchanged since LlamaIndex 0.10); the tests check the span is there."""
+
+    telemetry: Telemetry = NO_TELEMETRY
+
+    async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
+        if self._skip_condense or not chat_history:
+            return latest_message
+        with self.telemetry.stage_span("citechat.condense", content={"citechat.question": latest_message}) as span:
+            question = await super()._acondense_question(chat_history, latest_message)
+            self.telemetry.content(span, {"citechat.query": question})
+            return question
 
 
 @dataclass
@@ -93,15 +116,16 @@ async def generate(
     mode: ResponseMode,
     min_similarity: float,
     retrieval_timeout_s: float | None = None,
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> Generation:
     policy = POLICIES[mode]
     numbering = NumberSources()
     extractive = isinstance(llm, ExtractiveLLM)
     if extractive:
         llm.question = question
-    timed = TimedRetriever(retriever, retrieval_timeout_s)
+    timed = TimedRetriever(retriever, retrieval_timeout_s, telemetry)
     clock = time.perf_counter()
-    engine = CondensePlusContextChatEngine.from_defaults(
+    engine = TracedChatEngine.from_defaults(
         retriever=timed,
         llm=llm,
         system_prompt=prompts.system(mode),
@@ -114,6 +138,7 @@ async def generate(
             numbering,
         ],
     )
+    engine.telemetry = telemetry
     response = await engine.astream_chat(question, chat_history=list(history))
     timings = {"retrieval_ms": _ms(timed.finished - timed.started)}
     if history and not extractive:

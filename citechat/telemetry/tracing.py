@@ -1,0 +1,244 @@
+"""Spans of answering a question, and the metrics recorded at the same points.
+
+One trace per chat request: the HTTP span (FastAPI's own telemetry), then ``citechat.chat`` over the whole answer
+with ``citechat.condense`` (a follow-up rewritten), ``citechat.retrieve`` and ``citechat.generate`` inside it; the
+database spans and LlamaIndex's spans nest wherever they run. Attribute names follow OpenTelemetry's GenAI semantic
+conventions where they exist (``gen_ai.*``), ``citechat.*`` otherwise.
+
+Questions, passages and answers are user data: they enter spans only with ``CITECHAT_TRACE_CONTENT=true``
+(``Telemetry.content``). A span over its stage's target gets ``citechat.slo.breached=true``.
+"""
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.instrumentation.span import active_span_id
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider, Span, Status, StatusCode, TracerProvider
+
+from citechat.pipeline.modes import POLICIES
+from citechat.pipeline.pricing import cost_usd
+from citechat.settings import Settings
+from citechat.telemetry.metrics import ChatMetrics
+from citechat.telemetry.targets import Targets
+
+if TYPE_CHECKING:
+    from citechat.chat.answering import Event, Turn
+
+BREACHED = "citechat.slo.breached"
+SCOPE = "citechat"
+
+
+class Telemetry:
+    """What citechat reports to: the app's (``setup.AppTelemetry``), or ``NO_TELEMETRY`` (the CLI, benchmarks)."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        trace_content: bool = False,
+        targets: Targets = Targets(),  # noqa: B008 (frozen)
+        prices: dict[str, tuple[float, float]] | None = None,
+        provider: str = "",
+        backend: str = "",
+        top_k: int = 0,
+    ) -> None:
+        self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(SCOPE)
+        self.metrics = ChatMetrics((meter_provider or NoOpMeterProvider()).get_meter(SCOPE))
+        self.trace_content = trace_content
+        self.targets = targets
+        self.prices = prices or {}
+        self.provider = provider
+        self._stage_targets = {
+            "citechat.chat": targets.end_to_end_ms,
+            "citechat.retrieve": targets.retrieval_ms,
+            "citechat.condense": targets.condense_ms,
+        }
+        self._stage_attributes = {
+            "citechat.retrieve": {"citechat.retrieval.backend": backend, "citechat.retrieval.top_k": top_k},
+        }
+        self._stage_histograms = {  # histogram, and its attributes
+            "citechat.retrieve": (self.metrics.retrieval_duration, {"citechat.retrieval.backend": backend}),
+            "citechat.condense": (self.metrics.condense_duration, {"gen_ai.system": provider}),
+        }
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None
+    ) -> "Telemetry":
+        return cls(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            trace_content=settings.trace_content,
+            targets=Targets.from_settings(settings),
+            prices=settings.model_prices,
+            provider=settings.llm,
+            backend=settings.retrieval_backend,
+            top_k=settings.retrieval_top_k,
+        )
+
+    @contextmanager
+    def stage_span(
+        self, name: str, *, content: dict[str, str | None] | None = None, **attributes: Any
+    ) -> Iterator[Span]:
+        """A span over one stage, current while it runs (what runs inside nests under it). On exit it gets
+        ``citechat.duration_ms`` and, for a stage with a target, ``citechat.slo.breached``; retrieval and condensing
+        also record their duration histograms. ``content`` is recorded only when tracing content is on."""
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            name, attributes=self._stage_attributes.get(name, {}) | attributes
+        ) as span:
+            self.content(span, content or {})
+            # LlamaIndex's spans (OpenInference) take their parent from LlamaIndex's own span stack before the current
+            # OpenTelemetry span: cleared here, the LlamaIndex calls a stage makes nest inside the stage's span.
+            inside_llama_index = span.is_recording() and active_span_id.get() is not None
+            llama_index_parent = active_span_id.set(None) if inside_llama_index else None
+            try:
+                yield span
+            finally:
+                if llama_index_parent is not None:
+                    active_span_id.reset(llama_index_parent)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
+                if (target := self._stage_targets.get(name)) is not None:
+                    span.set_attribute(BREACHED, elapsed_ms > target)
+                if (histogram := self._stage_histograms.get(name)) is not None:
+                    histogram[0].record(elapsed_ms / 1000, histogram[1])
+
+    def content(self, span: Span, values: dict[str, str | None]) -> None:
+        """User text (questions, passages, answers) on a span: only when ``CITECHAT_TRACE_CONTENT`` is on."""
+        if self.trace_content:
+            span.set_attributes({key: value for key, value in values.items() if value is not None})
+
+    async def observe_answer(self, turn: "Turn", events: AsyncIterator["Event"]) -> AsyncIterator["Event"]:
+        """``events`` (an answer being written) passed through unchanged, inside a ``citechat.chat`` span;
+        ``citechat.generate`` runs from the sources to the last token; metrics are recorded when the answer ends.
+
+        Watching the events rather than the code that makes them keeps the answering flow free of telemetry."""
+        watch = _AnswerWatch(self, turn)
+        with self.stage_span("citechat.chat", content={"citechat.question": turn.question}, **watch.attributes) as span:
+            watch.chat = span
+            async with aclosing(events):  # closed inside the span: an interrupted answer's last writes belong to it
+                try:
+                    async for event in events:
+                        watch.see(event)
+                        yield event
+                except BaseException:
+                    watch.interrupted()
+                    raise
+
+
+class _AnswerWatch:
+    """What ``observe_answer`` learns from one answer's events."""
+
+    def __init__(self, telemetry: Telemetry, turn: "Turn") -> None:
+        self.telemetry, self.turn = telemetry, turn
+        self.started = time.perf_counter()
+        self.stage = "retrieval"
+        self.ended = False
+        self.chat: Span | None = None
+        self.generate: Span | None = None
+        self.last_token_ns: int | None = None
+        self.attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": telemetry.provider,
+            "gen_ai.request.model": turn.model,
+            "gen_ai.request.temperature": POLICIES[turn.mode].temperature,
+            "citechat.mode": turn.mode.value,
+            "citechat.session.id": str(turn.session_id),
+            "citechat.message.id": str(turn.assistant_id),
+        }
+        self.metric_attributes = {
+            "gen_ai.system": telemetry.provider,
+            "gen_ai.request.model": turn.model,
+            "citechat.mode": turn.mode.value,
+        }
+
+    def see(self, event: "Event") -> None:
+        if event.name == "sources":
+            self.stage = "generation"
+            self.generate = self.telemetry.tracer.start_span(
+                "citechat.generate",
+                context=trace.set_span_in_context(self.chat),
+                attributes={k: v for k, v in self.attributes.items() if k.startswith("gen_ai.")}
+                | {"citechat.mode": self.turn.mode.value, "citechat.sources": len(event.data.get("sources", []))},
+            )
+        elif event.name == "token":
+            now = time.time_ns()
+            if self.last_token_ns is None and self.generate is not None:
+                self.generate.add_event("citechat.first_token", timestamp=now)
+            self.last_token_ns = now
+        elif event.name == "done":
+            self._completed(event.data)
+        elif event.name == "error":
+            self._failed(event.data.get("stage") or self.stage, event.data.get("detail", ""), event.data)
+
+    def interrupted(self) -> None:
+        if not self.ended:
+            self._failed(self.stage, "interrupted", {"retryable": True}, outcome="interrupted")
+
+    def _completed(self, message: dict) -> None:
+        self.ended = True
+        metadata = message.get("metadata") or {}
+        timings = metadata.get("timings") or {}
+        model = message.get("model_used") or self.turn.model
+        input_tokens, output_tokens = message.get("tokens_prompt") or 0, message.get("tokens_completion") or 0
+        cost = cost_usd(self.telemetry.prices, model, input_tokens, output_tokens)
+        targets = self.telemetry.targets
+        usage = {
+            "gen_ai.response.model": model,
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "citechat.cost_usd": cost,
+            "citechat.refused": bool(metadata.get("refused")),
+        }
+        if self.generate is not None:
+            ttft, generation = timings.get("ttft_ms"), timings.get("generation_ms")
+            self.generate.set_attributes(usage)
+            if ttft is not None:
+                self.generate.set_attribute("citechat.ttft_ms", ttft)
+            if generation is not None:
+                self.generate.set_attribute("citechat.generation_ms", generation)
+            slow = (generation or 0) > targets.generation_ms or (ttft or 0) > targets.ttft_ms
+            self.generate.set_attribute(BREACHED, slow)
+            self.generate.end(end_time=self.last_token_ns)
+        self.chat.set_attributes(usage | {"citechat.outcome": "completed"})
+        self.telemetry.content(self.chat, {"citechat.answer": message.get("content")})
+        seconds = (message.get("processing_time_ms") or self._elapsed_ms()) / 1000
+        self.telemetry.metrics.answered(
+            self.metric_attributes,
+            seconds=seconds,
+            ttft_ms=timings.get("ttft_ms"),
+            generation_ms=timings.get("generation_ms"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
+        )
+
+    def _failed(self, stage: str, detail: str, data: dict, *, outcome: str = "failed") -> None:
+        self.ended = True
+        for span in (self.generate, self.chat):
+            if span is not None and span.is_recording():
+                span.set_status(Status(StatusCode.ERROR, detail))
+        if self.generate is not None:
+            self.generate.end()
+        self.chat.set_attributes(
+            {
+                "citechat.outcome": outcome,
+                "citechat.failure.stage": stage,
+                "citechat.failure.retryable": bool(data.get("retryable")),
+            }
+        )
+        self.telemetry.metrics.failed(
+            self.metric_attributes, seconds=self._elapsed_ms() / 1000, stage=stage, outcome=outcome
+        )
+
+    def _elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+NO_TELEMETRY = Telemetry()
