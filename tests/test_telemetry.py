@@ -174,44 +174,50 @@ async def test_span_tree_of_a_streamed_follow_up(traced, model_server, identity)
         assert secret not in text, secret
 
 
-async def test_metrics_of_answers_and_failures(traced, model_server, identity):
-    headers, session = await new_conversation(traced.client, identity)
-    model_server.fail_next(500, times=3, retry_after_ms=1)
-    failed = await traced.ask(headers, session, "In which year was that?")
-    assert failed[-1][1] == "error"
-    other_session = (await traced.client.post(f"{API}/session/new", headers=headers)).json()
-    done = (await traced.ask(headers, other_session, FIRST))[-1][2]
-    traced.app.state.telemetry.metrics.rate_limited("user")
+async def test_metrics_of_answers_and_failures(tracing, model_server, identity):
+    async for traced in tracing(**LOOSE, ratelimit_user_per_hour=2):
+        headers, session = await new_conversation(traced.client, identity)
+        model_server.fail_next(500, times=3, retry_after_ms=1)
+        failed = await traced.ask(headers, session, "In which year was that?")
+        assert failed[-1][1] == "error"
+        other_session = (await traced.client.post(f"{API}/session/new", headers=headers)).json()
+        done = (await traced.ask(headers, other_session, FIRST))[-1][2]
+        refused = await traced.client.post(
+            f"{API}/message", params={"session_id": other_session["id"]}, json={"question": "more?"}, headers=headers
+        )
+        assert refused.status_code == 429  # the third message: over the quota of two
 
-    common = {"gen_ai.system": "openai-compatible", "gen_ai.request.model": MODEL, "citechat.mode": "balanced"}
-    [completed, failure] = sorted(traced.metric("citechat.messages"), key=lambda p: p.attributes["citechat.outcome"])
-    assert completed.attributes == common | {"citechat.outcome": "completed"} and completed.value == 1
-    assert failure.attributes == common | {"citechat.outcome": "failed"} and failure.value == 1
-    [stage] = traced.metric("citechat.failures")
-    assert stage.attributes["citechat.stage"] == "generation" and stage.value == 1
+        common = {"gen_ai.system": "openai-compatible", "gen_ai.request.model": MODEL, "citechat.mode": "balanced"}
+        outcomes = traced.metric("citechat.messages")
+        [completed, failure] = sorted(outcomes, key=lambda p: p.attributes["citechat.outcome"])
+        assert completed.attributes == common | {"citechat.outcome": "completed"} and completed.value == 1
+        assert failure.attributes == common | {"citechat.outcome": "failed"} and failure.value == 1
+        [stage] = traced.metric("citechat.failures")
+        assert stage.attributes["citechat.stage"] == "generation" and stage.value == 1
 
-    durations = {p.attributes["citechat.outcome"]: p for p in traced.metric("citechat.request.duration")}
-    assert durations["completed"].count == 1 and durations["completed"].sum == done["processing_time_ms"] / 1000
-    assert durations["failed"].count == 1
-    [retrieval] = traced.metric("citechat.retrieval.duration")
-    assert retrieval.count == 2 and retrieval.attributes == {"citechat.retrieval.backend": "local"}
-    assert 0.5 in retrieval.explicit_bounds and 5 in retrieval.explicit_bounds
-    [ttft] = traced.metric("citechat.ttft")
-    assert ttft.count == 1 and ttft.sum == done["metadata"]["timings"]["ttft_ms"] / 1000
-    [generation] = traced.metric("citechat.generation.duration")
-    assert generation.count == 1 and generation.sum == done["metadata"]["timings"]["generation_ms"] / 1000
+        durations = {p.attributes["citechat.outcome"]: p for p in traced.metric("citechat.request.duration")}
+        assert durations["completed"].count == 1 and durations["completed"].sum == done["processing_time_ms"] / 1000
+        assert durations["failed"].count == 1
+        [retrieval] = traced.metric("citechat.retrieval.duration")
+        assert retrieval.count == 2 and retrieval.attributes == {"citechat.retrieval.backend": "local"}
+        assert 0.5 in retrieval.explicit_bounds and 5 in retrieval.explicit_bounds
+        [ttft] = traced.metric("citechat.ttft")
+        assert ttft.count == 1 and ttft.sum == done["metadata"]["timings"]["ttft_ms"] / 1000
+        [generation] = traced.metric("citechat.generation.duration")
+        assert generation.count == 1 and generation.sum == done["metadata"]["timings"]["generation_ms"] / 1000
 
-    tokens = {p.attributes["gen_ai.token.type"]: p.value for p in traced.metric("citechat.tokens")}
-    assert tokens == {"input": done["tokens_prompt"], "output": done["tokens_completion"]}
-    [cost] = traced.metric("citechat.cost")
-    assert cost.value == pytest.approx(done["tokens_prompt"] * 2.5e-6 + done["tokens_completion"] * 10e-6)
-    [limited] = traced.metric("citechat.rate_limit.rejections")
-    assert limited.value == 1 and limited.attributes == {"citechat.rate_limit.scope": "user"}
-    assert traced.metric("http.server.request.duration")  # FastAPI's own, on the app's provider
+        tokens = {p.attributes["gen_ai.token.type"]: p.value for p in traced.metric("citechat.tokens")}
+        assert tokens == {"input": done["tokens_prompt"], "output": done["tokens_completion"]}
+        [cost] = traced.metric("citechat.cost")
+        assert cost.value == pytest.approx(done["tokens_prompt"] * 2.5e-6 + done["tokens_completion"] * 10e-6)
+        [limited] = traced.metric("citechat.rate_limit.rejections")
+        assert limited.value == 1 and limited.attributes == {"citechat.rate_limit.scope": "user"}
+        assert traced.metric("http.server.request.duration")  # FastAPI's own, on the app's provider
 
-    [chat] = [s for s in traced.spans.get_finished_spans() if s.name == "citechat.chat" and s.status.is_ok is False]
-    assert chat.status.status_code == StatusCode.ERROR and chat.status.description == failed[-1][2]["detail"]
-    assert chat.attributes["citechat.failure.stage"] == "generation" and chat.attributes["citechat.outcome"] == "failed"
+        [chat] = [s for s in traced.spans.get_finished_spans() if s.name == "citechat.chat" and s.status.is_ok is False]
+        assert chat.status.status_code == StatusCode.ERROR and chat.status.description == failed[-1][2]["detail"]
+        assert chat.attributes["citechat.failure.stage"] == "generation"
+        assert chat.attributes["citechat.outcome"] == "failed"
 
 
 async def test_content_and_breaches_when_asked_for(tracing, model_server, identity):

@@ -32,7 +32,7 @@ from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider, describe_failure
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
-from citechat.ratelimits.service import Quota, RateLimits
+from citechat.ratelimits.service import Quota, RateLimited, RateLimits
 from citechat.retrievers.base import IndexBackend, Organization
 from citechat.telemetry import NO_TELEMETRY, Telemetry
 
@@ -89,7 +89,7 @@ class Answering:
             await self._writable_session(db, principal, session_id)
         # Counted between two transactions, never inside one: a request holding a pooled connection while the
         # quota store waits for another would starve the pool under a burst.
-        quota = await self.limits.consume(principal)
+        quota = await self._count(principal)
         async with self.sessions() as db:
             session = await self._writable_session(db, principal, session_id)
             mode = ResponseMode(request.mode or session.response_mode)
@@ -114,7 +114,7 @@ class Answering:
         async with self.sessions() as db:  # refusals first, so they cost no quota
             _, assistant, _ = await self._retryable(db, principal, message_id)
             free = assistant.status == "failed"
-        quota = await (self.limits.tightest(principal) if free else self.limits.consume(principal))
+        quota = await (self.limits.tightest(principal) if free else self._count(principal))
         async with self.sessions() as db:
             session, assistant, user = await self._retryable(db, principal, message_id)
             session_id = session.id
@@ -132,6 +132,13 @@ class Answering:
             session.last_message_at = utcnow()
             await db.commit()
             return Turn(principal, session_id, user, message_id, user.content, mode, model, history, quota)
+
+    async def _count(self, principal: Principal) -> Quota:
+        try:
+            return await self.limits.consume(principal)
+        except RateLimited as refused:
+            self.telemetry.metrics.rate_limited(refused.quota.scope)
+            raise
 
     async def _retryable(
         self, db: AsyncSession, principal: Principal, message_id: uuid.UUID
