@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from citechat.pipeline.pricing import DEFAULT_PRICES
+
 
 class Settings(BaseSettings):
     """Settings of one citechat process. Every field is documented in the README's settings table."""
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
         description="OpenAI key (OPENAI_API_KEY): OpenAI embeddings and generation.",
     )
     openai_base_url: str | None = Field(default=None, description="Base URL of the OpenAI API (proxies, gateways).")
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per million input and output tokens of each model, for cost estimates (JSON object).",
+    )
     ragie_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("RAGIE_API_KEY", "CITECHAT_RAGIE_API_KEY"),
