@@ -168,7 +168,8 @@ async def _index(runtime: Runtime, org: Organization, dataset: Dataset, track: T
 
 
 async def _retrieval(runtime, org, suite: Suite, config: ConfigSpec, questions, keys, track: Track) -> list[dict]:
-    depth, search = max([*suite.retrieval.k, 10]), config.search or suite.retrieval.search
+    depth = suite.retrieval.depth or max([*suite.retrieval.k, 10])
+    search = config.search or suite.retrieval.search
     if search != "hybrid" and not isinstance(runtime.index, LocalIndex):
         raise CitechatError(f"search: {search} measures the local index only")
     records = []

@@ -43,6 +43,9 @@ class RetrievalSpec(_Strict):
     chunk_size: int | None = Field(default=None, ge=32, le=2048)
     chunk_overlap: int | None = Field(default=None, ge=0, le=512)
     k: list[int] = Field(default=[1, 3, 5, 10], min_length=1, description="Cut-offs of hit@k and recall@k.")
+    depth: int | None = Field(
+        default=None, ge=1, le=1000, description="Passages ranked for the retrieval metrics (default: max(k, 10))."
+    )
     search: SearchMode = Field(default="hybrid", description="Ranking the retrieval metrics measure (local).")
 
     @model_validator(mode="after")
