@@ -49,10 +49,12 @@ def markdown(results: dict, against: list[Change] | None = None) -> str:
         + (f" ({unanswerable} unanswerable)" if unanswerable else ""),
         f"- Retrieval: {suite['retrieval']['backend']}, top_k {suite['retrieval']['top_k']}; answers: "
         f"{run['provider']} ({run['model']})" + (f"; judge: {run['judge']}" if run.get("judge") else ""),
-        f"- Modes: {', '.join(suite['modes']) or 'none (retrieval only)'}; prompt versions: "
+        f"- Modes: {', '.join(suite['modes'])}; prompt versions: "
         + ", ".join(f"{c} {v}" for c, v in run["prompt_versions"].items()),
         f"- Run {run['started']}, {run['seconds']} s",
     ]
+    if not suite["modes"]:  # retrieval only: no answers, so no model or prompts to name
+        lines[-3:-1] = [f"- Retrieval only: {suite['retrieval']['backend']} index"]
     if data["failed_documents"]:
         lines.append(f"- **{len(data['failed_documents'])} documents failed to index**: " + _failed(data))
     lines += ["", "## Retrieval", "", "Ranked pages where the gold evidence names pages, else documents.", ""]
