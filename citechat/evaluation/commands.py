@@ -75,7 +75,8 @@ def compare(first: Path, second: Path, everything: bool) -> int:
     if not rows:
         console.print("no differences in the figures")
     else:
-        table = Table("figure", first.name if first.name != second.name else "A", "B", "change")
+        same = first.name == second.name
+        table = Table("figure", "A" if same else first.name, "B" if same else second.name, "change")
         for change in rows:
             delta = "" if change.delta is None else f"{change.delta:+.4f}"
             style = {"better": "green", "worse": "red"}.get(change.verdict, "")

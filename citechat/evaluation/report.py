@@ -30,12 +30,24 @@ def write(results: dict, out: Path, failures: list[str], against: list[Change] |
     out.mkdir(parents=True, exist_ok=True)
     results = {**results, "environment": environment(), "gate": {"passed": not failures, "failures": failures}}
     paths = [out / "results.json", out / "report.md", out / "chart.png"]
-    paths[0].write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    paths[0].write_text(to_json(results))
     paths[1].write_text(markdown(results, against))
     from citechat.evaluation.chart import draw
 
     draw(results, paths[2])
     return paths
+
+
+def to_json(results: dict) -> str:
+    """Indented, except that each per-question record takes one line: a refreshed baseline then diffs question by
+    question."""
+    records = {key: results[key] for key in ("retrieval", "answers") if key in results}
+    head = json.dumps({k: v for k, v in results.items() if k not in records}, indent=1, ensure_ascii=False)
+    parts = [head[:-2]]
+    for key, rows in records.items():
+        lines = ",\n".join("  " + json.dumps(row, ensure_ascii=False) for row in rows)
+        parts.append(f',\n "{key}": [\n{lines}\n ]')
+    return "".join(parts) + "\n}\n"
 
 
 def markdown(results: dict, against: list[Change] | None = None) -> str:
