@@ -151,3 +151,28 @@ def test_beir_folders(tmp_path: Path):
     assert (question.id, question.evidence) == ("q1", (datasets.Evidence("d1", grade=2),))
     with pytest.raises(datasets.DatasetError, match=r"qrels/dev\.tsv"):
         datasets.load(DatasetSpec(format="beir", path=tmp_path, split="dev"), tmp_path)
+
+
+def test_metric_groups(tmp_path: Path):
+    from citechat.evaluation.scoring import group_of, select
+
+    assert [group_of(m) for m in ("hit@5", "token_f1", "page_accuracy", "ttft_ms_p95", "cost_total_usd")] == [
+        "retrieval",
+        "answers",
+        "citations",
+        "speed",
+        "cost",
+    ]
+    figures = {"answers": 3, "failure_rate": 0.0, "token_f1": 0.5, "faithfulness": 1.0, "total_ms_p50": 9.0}
+    assert select(figures, ["answers"]) == {"answers": 3, "failure_rate": 0.0, "token_f1": 0.5}
+    suite = load_suite(_suite(tmp_path, "name: x\ndataset: {format: jsonl, path: d}\nmetrics: [answers, refusals]"))
+    assert suite.metrics == ["answers", "refusals"]
+    with pytest.raises(SuiteError, match=r"metrics\.0: Input should be 'retrieval'"):
+        load_suite(_suite(tmp_path, "name: x\ndataset: {format: jsonl, path: d}\nmetrics: [vibes]"))
+    with pytest.raises(SuiteError, match="threshold on hit@5: its group is not in `metrics`"):
+        load_suite(
+            _suite(
+                tmp_path,
+                "name: x\ndataset: {format: jsonl, path: d}\nmetrics: [answers]\nthresholds: [{metric: hit@5, min: 1}]",
+            )
+        )

@@ -69,8 +69,9 @@ def markdown(results: dict, against: list[Change] | None = None) -> str:
         lines[-3:-1] = [f"- Retrieval only: {suite['retrieval']['backend']} index"]
     if data["failed_documents"]:
         lines.append(f"- **{len(data['failed_documents'])} documents failed to index**: " + _failed(data))
-    lines += ["", "## Retrieval", "", "Ranked pages where the gold evidence names pages, else documents.", ""]
-    lines += _retrieval_table(results["metrics"])
+    if any(len(sections["retrieval"]) > 1 for sections in results["metrics"].values()):
+        lines += ["", "## Retrieval", "", "Ranked pages where the gold evidence names pages, else documents.", ""]
+        lines += _retrieval_table(results["metrics"])
     if suite["modes"]:
         lines += ["", "## Answers", "", *_answers_table(results["metrics"])]
         lines += ["", "## Cost and speed", "", "Milliseconds as p50 / p95.", "", *_speed_table(results["metrics"])]

@@ -70,7 +70,7 @@ def suite_settings(suite: Suite, base: Settings) -> Settings:
 
 async def run_suite(suite: Suite, dataset: Dataset, settings: Settings, options: RunOptions, track: Track) -> dict:
     started, clock = datetime.now(UTC), time.perf_counter()
-    judge = _judge(suite, settings)
+    judge = _judge(suite, settings) if "faithfulness" in suite.metrics else None
     async with open_runtime(settings, resume_ingestion=False) as runtime:
         org_name = options.org or f"eval-{suite.name}-{uuid.uuid4().hex[:8]}"
         organization = await commands.organization(runtime, org_name)
@@ -80,8 +80,10 @@ async def run_suite(suite: Suite, dataset: Dataset, settings: Settings, options:
                 principal = await provision(db, EVAL_USER, org_name)
             metrics, retrievals, answers, versions = {}, [], [], {}
             for config in suite.effective_configs:
-                found = await _retrieval(runtime, organization, suite, config, dataset.questions, keys, track)
-                metrics[config.name] = {"retrieval": scoring.summarize_retrieval(found)}
+                found = []
+                if "retrieval" in suite.metrics:
+                    found = await _retrieval(runtime, organization, suite, config, dataset.questions, keys, track)
+                metrics[config.name] = {"retrieval": scoring.select(scoring.summarize_retrieval(found), suite.metrics)}
                 retrievals += found
                 answering = _answering(runtime, suite, config)
                 versions[config.name] = answering.prompts.current().version
@@ -90,7 +92,7 @@ async def run_suite(suite: Suite, dataset: Dataset, settings: Settings, options:
                         await _ask(runtime, answering, principal, config, mode, q, keys, judge)
                         for q in _tracked(dataset.questions, track(f"{config.name}: {mode}", len(dataset.questions)))
                     ]
-                    metrics[config.name][mode.value] = scoring.summarize_answers(asked)
+                    metrics[config.name][mode.value] = scoring.select(scoring.summarize_answers(asked), suite.metrics)
                     answers += asked
                     await _release()
         finally:

@@ -32,6 +32,33 @@ COUNTS = frozenset({"questions", "answers", "unanswerable"})
 STAGES = ("condense_ms", "retrieval_ms", "ttft_ms", "generation_ms", "total_ms")
 
 
+GROUPS = ("retrieval", "answers", "citations", "faithfulness", "refusals", "cost", "speed")
+_GROUP_OF = {
+    **dict.fromkeys(("token_f1", "exact_match", "answer_recall"), "answers"),
+    **dict.fromkeys(
+        ("citation_precision", "citation_recall", "page_accuracy", "invalid_markers", "unsupported_citations"),
+        "citations",
+    ),
+    **dict.fromkeys(("faithfulness", "faithfulness_judge"), "faithfulness"),
+    **dict.fromkeys(("refusal_accuracy", "false_refusal_rate"), "refusals"),
+    **dict.fromkeys(COST, "cost"),
+}
+
+
+def group_of(metric: str) -> str | None:
+    """The group a suite's ``metrics`` selects a metric by; None for counts and failures, always reported."""
+    if _RANKING.match(metric):
+        return "retrieval"
+    if metric.endswith(("_ms_p50", "_ms_p95")):
+        return "speed"
+    return _GROUP_OF.get(metric)
+
+
+def select(figures: dict, groups: Iterable[str]) -> dict:
+    wanted = set(groups)
+    return {k: v for k, v in figures.items() if group_of(k) is None or group_of(k) in wanted}
+
+
 def direction(metric: str) -> int | None:
     """+1 when higher is better, -1 when lower is, None for counts."""
     if _RANKING.match(metric) or metric in HIGHER_IS_BETTER:

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from citechat.evaluation.scoring import is_known
+from citechat.evaluation.scoring import GROUPS, group_of, is_known
 from citechat.pipeline.modes import ResponseMode
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
@@ -104,6 +104,7 @@ class Suite(_Strict):
     llm: LLMSpec = LLMSpec()
     prompts_dir: Path | None = None
     modes: list[ResponseMode] = Field(default=list(ResponseMode), description="Empty: retrieval only.")
+    metrics: list[Literal[GROUPS]] = Field(default=list(GROUPS), min_length=1, description="Metric groups to report.")
     configs: list[ConfigSpec] = Field(default_factory=list, description="Empty: one config named `default`.")
     thresholds: list[Threshold] = Field(default_factory=list)
     tolerance: float = Field(default=0.02, ge=0, description="Largest allowed regression against a baseline.")
@@ -124,6 +125,8 @@ class Suite(_Strict):
             raise ValueError("the extractive answerer has no models to choose: remove `model`")
         sections = {"retrieval", *self.modes}
         for threshold in self.thresholds:
+            if group_of(threshold.metric) not in (None, *self.metrics):
+                raise ValueError(f"threshold on {threshold.metric}: its group is not in `metrics`")
             if threshold.mode is not None and threshold.mode not in sections:
                 raise ValueError(f"threshold on {threshold.metric}: mode {threshold.mode!r} is not run by this suite")
             if threshold.config is not None and threshold.config not in names:
