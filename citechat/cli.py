@@ -265,6 +265,41 @@ def eval_beir(
     Console().print(table)
 
 
+@eval_app.command("run")
+def eval_run(
+    suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite YAML, e.g. evals/suites/smoke.yaml.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: eval-results/<suite name>).")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A results.json to compare with: a regression beyond tolerance fails the run.")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option(help="Index into (and keep) this organization; default: a fresh one, removed after.")
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the fresh organization and its index.")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+) -> None:
+    """Run an evaluation suite through the real pipeline; write results.json, report.md and chart.png.
+
+    Exit 1 when a threshold or the baseline fails, 2 when the suite cannot run."""
+    from citechat.evaluation import commands
+    from citechat.evaluation.runner import RunOptions
+
+    logging.config.dictConfig(logging_config("warning"))
+    raise typer.Exit(commands.run(suite, out, baseline, RunOptions(org=org, keep=keep), limit))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    first: Annotated[Path, typer.Argument(metavar="A.json", help="results.json of one run (e.g. the baseline).")],
+    second: Annotated[Path, typer.Argument(metavar="B.json", help="results.json of another run.")],
+    everything: Annotated[bool, typer.Option("--all", help="Show unchanged figures too.")] = False,
+) -> None:
+    """Show how two runs differ: every figure that changed, and the answers that changed."""
+    from citechat.evaluation import commands
+
+    raise typer.Exit(commands.compare(first, second, everything))
+
+
 @bench_app.command("retrieval")
 def bench_retrieval(
     quick: Annotated[bool, typer.Option(help="A tiny run that proves the benchmark works.")] = False,
@@ -322,7 +357,9 @@ def slo(
 
     async def run():
         async with open_database(settings) as database, database.sessions() as db:
-            return await slo_report(db, window, Targets.from_settings(settings), settings.model_prices)
+            return await slo_report(
+                db, window, Targets.from_settings(settings), settings.model_prices, provider=settings.llm
+            )
 
     logging.config.dictConfig(logging_config("warning"))
     report = asyncio.run(run())

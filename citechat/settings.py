@@ -86,10 +86,6 @@ class Settings(BaseSettings):
         pattern=r"^async\+[a-z0-9+]+://",
         description="A `limits` async storage URI (async+redis://host:6379) shared across hosts; unset: PostgreSQL.",
     )
-    model_prices: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: dict(DEFAULT_PRICES),
-        description="USD per million (prompt, completion) tokens by model, for cost estimates.",
-    )
     ingest_concurrency: int = Field(
         default=2,
         ge=1,
@@ -113,6 +109,10 @@ class Settings(BaseSettings):
         description="OpenAI key (OPENAI_API_KEY): OpenAI embeddings and generation.",
     )
     openai_base_url: str | None = Field(default=None, description="Base URL of the OpenAI API (proxies, gateways).")
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per million input and output tokens of each model, for cost estimates (JSON object).",
+    )
     ragie_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("RAGIE_API_KEY", "CITECHAT_RAGIE_API_KEY"),

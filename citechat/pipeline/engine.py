@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.memory import Memory
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
@@ -132,6 +133,9 @@ async def generate(
         context_prompt=prompts.context,
         condense_prompt=prompts.condense,
         skip_condense=extractive,
+        # Made here, in the running loop: left to the engine, LlamaIndex fills an in-memory SQLite memory from a
+        # worker thread with an event loop of its own, one per answer, and the connection outlives that loop.
+        memory=Memory.from_defaults(token_limit=llm.metadata.context_window - 256),
         node_postprocessors=[
             SourceGate(min_similarity=min_similarity if policy.refuses_without_relevant_source else None),
             *([_FeedPassages(llm=llm)] if extractive else []),

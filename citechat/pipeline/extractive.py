@@ -106,11 +106,13 @@ def answer(question: str, passages: Sequence[str], *, max_sentences: int = 3) ->
         * (NUMBER_WEIGHT if is_number(term) else 1.0)
         for term in query
     }
-    query_weight = sum(weight.values())
+    # math.fsum: the sum of a set's weights must not depend on the set's (hash-seeded) order, or a sentence on the
+    # RELATIVE_CUT boundary is quoted by one process and not by the next.
+    query_weight = math.fsum(weight.values())
 
     scored = []
     for (sentence, source, position), terms in zip(candidates, sentence_terms, strict=True):
-        relevance = sum(weight[term] for term in terms & query) / query_weight
+        relevance = math.fsum(weight[term] for term in terms & query) / query_weight
         if relevance >= MIN_RELEVANCE:
             scored.append((relevance + RANK_BONUS / source, source, position, sentence))
     scored.sort(key=lambda item: (-item[0], item[1], item[2]))

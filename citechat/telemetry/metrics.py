@@ -43,7 +43,7 @@ class ChatMetrics:
         generation_ms: float | None = None,
         input_tokens: int = 0,
         output_tokens: int = 0,
-        cost_usd: float = 0.0,
+        cost_usd: float | None = 0.0,
     ) -> None:
         """A completed answer: its timings (as the message records them), tokens and cost."""
         self.messages.add(1, attributes | {"citechat.outcome": "completed"})
@@ -54,7 +54,8 @@ class ChatMetrics:
             self.generation_duration.record(generation_ms / 1000, attributes)
         self.tokens.add(input_tokens, attributes | {"gen_ai.token.type": "input"})
         self.tokens.add(output_tokens, attributes | {"gen_ai.token.type": "output"})
-        self.cost.add(cost_usd, attributes)
+        if cost_usd is not None:  # a model without a price adds nothing, rather than a false 0
+            self.cost.add(cost_usd, attributes)
 
     def failed(self, attributes: dict[str, str], *, seconds: float, stage: str, outcome: str = "failed") -> None:
         """An answer that ended ``failed`` (or was ``interrupted``) at ``stage``."""

@@ -24,4 +24,4 @@ async def get_slo(
     settings: SettingsDep,
     since: Annotated[Window, Query(description="How far back: 30m, 24h, 7d (at most 366d).")] = timedelta(hours=24),
 ) -> SloReport:
-    return await slo_report(db, since, Targets.from_settings(settings), settings.model_prices)
+    return await slo_report(db, since, Targets.from_settings(settings), settings.model_prices, provider=settings.llm)

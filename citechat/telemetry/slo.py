@@ -108,8 +108,10 @@ async def slo_report(
     targets: Targets,
     prices: dict[str, tuple[float, float]],
     *,
+    provider: str = "",
     until: datetime | None = None,
 ) -> SloReport:
+    """``provider`` is the configured one (answers record only their model): extractive and local ones cost 0."""
     until = until or datetime.now(UTC)
     bounds = {"since": until - window, "until": until}
     row = (await db.execute(_FIGURES, bounds)).mappings().one()
@@ -117,9 +119,10 @@ async def slo_report(
     latency = {name: _latency(row[name], row[f"{name}_n"], getattr(targets, f"{name}_ms")) for name in LATENCIES}
     completed = row["ended"] - row["failed"]
     error_rate = row["failed"] / row["ended"] if row["ended"] else None
-    cost = (
-        sum(cost_usd(prices, m.model_used, m.prompt, m.completion) for m in by_model) / completed if completed else None
-    )
+    costs = [
+        cost_usd(_provider(m.model_used, provider), m.model_used, m.prompt, m.completion, prices) for m in by_model
+    ]
+    cost = sum(costs) / completed if completed and None not in costs else None  # an unpriced model: unknown
     prompt, completion = _float(row["prompt_tokens"]), _float(row["completion_tokens"])
     report = SloReport(
         since=bounds["since"],
@@ -185,3 +188,7 @@ def render(report: SloReport) -> str:
 
 def _fmt(value: float | None, spec: str, prefix: str = "") -> str:
     return "-" if value is None else prefix + format(value, spec)
+
+
+def _provider(model: str | None, configured: str) -> str:
+    return "extractive" if model == "extractive" else configured

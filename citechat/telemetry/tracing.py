@@ -187,13 +187,13 @@ class _AnswerWatch:
         timings = metadata.get("timings") or {}
         model = message.get("model_used") or self.turn.model
         input_tokens, output_tokens = message.get("tokens_prompt") or 0, message.get("tokens_completion") or 0
-        cost = cost_usd(self.telemetry.prices, model, input_tokens, output_tokens)
+        cost = cost_usd(self.telemetry.provider, model, input_tokens, output_tokens, self.telemetry.prices)
         targets = self.telemetry.targets
         usage = {
             "gen_ai.response.model": model,
             "gen_ai.usage.input_tokens": input_tokens,
             "gen_ai.usage.output_tokens": output_tokens,
-            "citechat.cost_usd": cost,
+            **({"citechat.cost_usd": cost} if cost is not None else {}),  # None: the model has no price
             "citechat.refused": bool(metadata.get("refused")),
         }
         if self.generate is not None:
