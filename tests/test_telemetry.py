@@ -155,7 +155,7 @@ async def test_span_tree_of_a_streamed_follow_up(traced, model_server, identity)
     assert attributes["gen_ai.usage.input_tokens"] == done["tokens_prompt"] > 100
     assert attributes["gen_ai.usage.output_tokens"] == done["tokens_completion"] == len(ANSWER.split())
     assert attributes["citechat.ttft_ms"] == done["metadata"]["timings"]["ttft_ms"]
-    expected_cost = cost_usd({MODEL: (2.5, 10)}, MODEL, done["tokens_prompt"], len(ANSWER.split()))
+    expected_cost = cost_usd("openai-compatible", MODEL, done["tokens_prompt"], len(ANSWER.split()), {MODEL: (2.5, 10)})
     assert attributes["citechat.cost_usd"] == pytest.approx(expected_cost)
     [first_token] = [e for e in generate.events if e.name == "citechat.first_token"]
     assert generate.start_time <= first_token.timestamp <= generate.end_time

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from citechat.auth.tokens import parse_ttl
-from citechat.pipeline.pricing import cost_usd
+from citechat.pipeline.pricing import cost_usd, price_of
 from citechat.telemetry.targets import Targets
 
 Status = Literal["PASS", "FAIL", "NO DATA"]
@@ -111,7 +111,7 @@ async def slo_report(
     provider: str = "",
     until: datetime | None = None,
 ) -> SloReport:
-    """``provider`` is the configured one (answers record only their model): extractive and local ones cost 0."""
+    """``provider`` is the configured one, for answers whose model has no price (see ``_cost``)."""
     until = until or datetime.now(UTC)
     bounds = {"since": until - window, "until": until}
     row = (await db.execute(_FIGURES, bounds)).mappings().one()
@@ -119,9 +119,7 @@ async def slo_report(
     latency = {name: _latency(row[name], row[f"{name}_n"], getattr(targets, f"{name}_ms")) for name in LATENCIES}
     completed = row["ended"] - row["failed"]
     error_rate = row["failed"] / row["ended"] if row["ended"] else None
-    costs = [
-        cost_usd(_provider(m.model_used, provider), m.model_used, m.prompt, m.completion, prices) for m in by_model
-    ]
+    costs = [_cost(m.model_used, m.prompt, m.completion, prices, provider) for m in by_model]
     cost = sum(costs) / completed if completed and None not in costs else None  # an unpriced model: unknown
     prompt, completion = _float(row["prompt_tokens"]), _float(row["completion_tokens"])
     report = SloReport(
@@ -190,5 +188,11 @@ def _fmt(value: float | None, spec: str, prefix: str = "") -> str:
     return "-" if value is None else prefix + format(value, spec)
 
 
-def _provider(model: str | None, configured: str) -> str:
-    return "extractive" if model == "extractive" else configured
+def _cost(model: str | None, prompt: int, completion: int, prices, provider: str) -> float | None:
+    """Answers record their model, not their provider: a priced model is priced, whoever served it; any other is
+    free when it is the extractive answerer or the configured provider is free (local), else unknown."""
+    if price_of(model or "", prices) is None:
+        provider = "extractive" if model == "extractive" else provider
+    else:
+        provider = "priced"
+    return cost_usd(provider, model, prompt, completion, prices)
