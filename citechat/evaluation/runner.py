@@ -53,6 +53,10 @@ def suite_settings(suite: Suite, base: Settings) -> Settings:
     """The process settings with the suite's retrieval and LLM choices applied (keys stay in the environment)."""
     r, llm = suite.retrieval, suite.llm
     changes: dict = {"retriever": r.backend, "retrieval_top_k": r.top_k, "llm": llm.provider}
+    # An offline run is not a user: its questions are counted in memory, against quotas out of reach.
+    out_of_reach = 10**9
+    changes |= {"ratelimit_storage": "async+memory://", "ratelimit_user_per_hour": out_of_reach}
+    changes |= {"ratelimit_org_per_day": out_of_reach}
     optional = {
         "strict_min_similarity": r.strict_min_similarity,
         "chunk_size": r.chunk_size,
