@@ -27,6 +27,14 @@ from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
 CHUNKS_PER_DOCUMENT = 100
+SIZES = [10_000, 100_000]
+
+
+def sizes(quick: bool) -> dict:
+    """``run``'s sizes: corpus sizes in chunks, distinct passages, measured queries."""
+    if quick:
+        return {"sizes": [500, 2000], "base_passages": 200, "queries": 20}
+    return {"sizes": SIZES, "base_passages": 5000, "queries": 200}
 
 
 async def run(corpus: Path, sizes: list[int], *, base_passages: int, queries: int, top_k: int = 5) -> dict:

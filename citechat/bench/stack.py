@@ -1,0 +1,134 @@
+"""Everything the serving benchmarks (overhead, memory) run against, started once and stopped together.
+
+- a throwaway embedded PostgreSQL, and a local index with real documents in it, indexed by this process through
+  the ingestion runner (the 10-Q filings of the shared data set, or a built-in text in quick runs);
+- the paced generator (``generator.py``), the floor (``floor.py``) and citechat itself (``server.py``: the real app
+  under uvicorn, ``CITECHAT_LLM=openai-compatible`` pointed at the generator), each a process of its own;
+- this process's own runtime on the same database, for the in-process LlamaIndex peer (same retriever, same
+  generator).
+
+citechat's users each get a token of their own and a generous per-user rate limit, so the benchmark measures
+serving, not the limiter refusing it.
+"""
+
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from citechat.auth.tokens import issue_token
+from citechat.bench.generator import MODEL, Pace
+from citechat.bench.processes import Service, child_env, service
+from citechat.documents import commands
+from citechat.retrievers.base import Organization
+from citechat.runtime import Runtime, open_runtime
+from citechat.settings import Settings
+
+ORGANIZATION = "bench"
+# Rate limits high enough never to refuse a benchmark user (ignored by a citechat without them).
+GENEROUS_LIMITS = {"CITECHAT_RATELIMIT_USER_PER_HOUR": str(10**9)}
+QUESTIONS = (
+    "What were total net sales this quarter?",
+    "How did operating income change compared with the prior year?",
+    "What risks from foreign exchange rates does the company describe?",
+    "How much cash was returned to shareholders through repurchases and dividends?",
+    "What does the filing say about research and development expenses?",
+    "What legal proceedings are disclosed?",
+    "How did gross margin develop?",
+    "What is the outlook on liquidity and capital resources?",
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    generator: Service
+    server: Service  # citechat
+    floor: Service
+    runtime: Runtime  # this process's, on the same database
+    organization: Organization
+    secret: str
+    pace: Pace
+    corpus: dict  # documents, pages and chunks indexed
+
+    def token(self, user: str) -> str:
+        return issue_token(self.secret, user=user, organizations=[ORGANIZATION], ttl=timedelta(hours=2))
+
+
+@asynccontextmanager
+async def open_stack(documents: list[Path] | None) -> AsyncIterator[Stack]:
+    """``documents``: files to index (None: the built-in text)."""
+    with tempfile.TemporaryDirectory(prefix="citechat-bench-") as work:
+        work_dir = Path(work)
+        data_dir = work_dir / "data"
+        secret = secrets.token_urlsafe(32)
+        async with AsyncExitStack() as stack:
+            settings = Settings(_env_file=None, data_dir=data_dir, auth_secret=secret)
+            runtime = await stack.enter_async_context(open_runtime(settings))
+            organization = await commands.organization(runtime, ORGANIZATION)
+            corpus = await _index(runtime, organization, documents or [_builtin_document(work_dir)])
+            generator = await stack.enter_async_context(
+                service(
+                    "paced generator",
+                    "citechat.bench.generator",
+                    [],
+                    env=child_env(),
+                    ready_path="/healthz",
+                    log=work_dir / "generator.log",
+                )
+            )
+            env = child_env(
+                CITECHAT_DATA_DIR=str(data_dir),
+                CITECHAT_AUTH_SECRET=secret,
+                CITECHAT_LLM="openai-compatible",
+                CITECHAT_LLM_BASE_URL=f"{generator.url}/v1",
+                CITECHAT_LLM_MODEL=MODEL,
+                **GENEROUS_LIMITS,
+            )
+            server = await stack.enter_async_context(
+                service(
+                    "citechat", "citechat.bench.server", [], env=env, ready_path="/readyz", log=work_dir / "server.log"
+                )
+            )
+            floor = await stack.enter_async_context(
+                service(
+                    "floor",
+                    "citechat.bench.floor",
+                    ["--generator", generator.url],
+                    env=child_env(),
+                    ready_path="/healthz",
+                    log=work_dir / "floor.log",
+                )
+            )
+            yield Stack(generator, server, floor, runtime, organization, secret, Pace(), corpus)
+
+
+async def _index(runtime: Runtime, organization: Organization, files: list[Path]) -> dict:
+    report = await commands.ingest_files(runtime, organization, files, lambda path, document: None)
+    if report.failures or not report.chunks:
+        raise RuntimeError(f"indexing the benchmark's documents failed: {report.failures}")
+    return {"documents": report.documents, "pages": report.pages, "chunks": report.chunks}
+
+
+def _builtin_document(folder: Path) -> Path:
+    """A short quarterly report in plain text (a few dozen chunks), for quick runs and machines without the data
+    set."""
+    topics = [
+        ("Net sales", "Net sales for the quarter increased eight percent to 41.2 billion dollars, driven by services"),
+        ("Operating income", "Operating income rose to 9.8 billion dollars as operating expenses grew more slowly"),
+        ("Foreign exchange", "A stronger dollar reduced reported revenue; the company hedges part of this exposure"),
+        ("Capital return", "The company repurchased 6.1 billion dollars of common stock and paid 3.7 billion in"),
+        ("Research and development", "Research and development expenses increased eleven percent on headcount"),
+        ("Legal proceedings", "The company is party to patent and antitrust cases whose outcome is uncertain"),
+        ("Gross margin", "Gross margin was 43.5 percent, up from 42.1 percent, on a richer product and services mix"),
+        ("Liquidity", "Cash, equivalents and marketable securities of 166 billion dollars cover planned spending"),
+    ]
+    paragraphs = []
+    for title, fact in topics:
+        body = " ".join(f"{fact} (note {n})." for n in range(1, 13))
+        paragraphs.append(f"{title}\n\n{body}")
+    path = folder / "quarterly-report.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path
