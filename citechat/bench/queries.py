@@ -2,7 +2,9 @@
 
 pg_stat_statements needs a preload library the embedded PostgreSQL is not started with, and the totals of
 ``pg_stat_database`` reach the statistics only up to seconds after a backend goes idle, so the counts are taken
-where the statements are sent. Connection pings (``pool_pre_ping``) bypass these events and are not counted.
+where the statements are sent. Only PostgreSQL's are counted: LlamaIndex's default chat memory keeps its messages
+in an in-memory SQLite database through SQLAlchemy too. Connection pings (``pool_pre_ping``) bypass these events
+and are not counted.
 """
 
 import threading
@@ -35,10 +37,12 @@ class QueryCounter:
         with self._lock:
             return {"statements": self.statements, "transactions": self.transactions}
 
-    def _statement(self, *args) -> None:
-        with self._lock:
-            self.statements += 1
+    def _statement(self, conn, *args) -> None:
+        if conn.dialect.name == "postgresql":
+            with self._lock:
+                self.statements += 1
 
-    def _begin(self, *args) -> None:
-        with self._lock:
-            self.transactions += 1
+    def _begin(self, conn) -> None:
+        if conn.dialect.name == "postgresql":
+            with self._lock:
+                self.transactions += 1
