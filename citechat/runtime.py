@@ -41,10 +41,12 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
         if resume_ingestion and (resumed := await ingestion.resume()):
             log.info("resumed indexing of %d document(s)", resumed)
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
+        llms = provider_from_settings(settings, local_base_url=local)
+        stack.push_async_callback(llms.aclose)
         answering = Answering(
             sessions=database.sessions,
             index=index,
-            llms=provider_from_settings(settings, local_base_url=local),
+            llms=llms,
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
