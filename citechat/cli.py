@@ -319,7 +319,9 @@ def bench_overhead(
 
     async def run() -> dict:
         async with open_stack(_serving_documents(quick, folder, documents)) as stack:
-            return await overhead.run(stack, overhead.QUICK_LEVELS if quick else overhead.LEVELS)
+            if quick:
+                return await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+            return await overhead.run(stack, overhead.LEVELS)
 
     logging.config.dictConfig(logging_config("warning"))
     results = asyncio.run(run())
@@ -330,10 +332,10 @@ def bench_overhead(
 
 @bench_app.command("memory")
 def bench_memory(
-    quick: Annotated[bool, typer.Option(help="The built-in document.")] = False,
+    quick: Annotated[bool, typer.Option(help="The built-in document, 16 streams.")] = False,
     folder: Annotated[Path, typer.Option(help="Folder of PDFs to index.")] = DATASETS / "sec10q" / "docs",
     documents: Annotated[int, typer.Option(min=1, help="How many of its PDFs to index.")] = 3,
-    streams: Annotated[int, typer.Option(min=1, help="Concurrent streams for the peak.")] = 64,
+    streams: Annotated[int | None, typer.Option(min=1, help="Concurrent streams for the peak (64; quick: 16).")] = None,
     out: Annotated[Path, typer.Option(help="Where to write memory.json and memory.md.")] = Path("bench-results"),
 ) -> None:
     """Resident size of the server idle and at its peak under concurrent streams."""
@@ -342,7 +344,7 @@ def bench_memory(
 
     async def run() -> dict:
         async with open_stack(_serving_documents(quick, folder, documents)) as stack:
-            return await memory.run(stack, streams)
+            return await memory.run(stack, streams or (16 if quick else 64))
 
     logging.config.dictConfig(logging_config("warning"))
     results = asyncio.run(run())

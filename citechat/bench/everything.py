@@ -25,8 +25,11 @@ async def run(quick: bool, datasets: Path) -> dict:
     else:
         results["skipped"]["ingest"] = f"no PDFs in {datasets / 'sec10q' / 'docs'}"
     async with open_stack(None if quick or not pdfs else pdfs[:SERVING_DOCUMENTS]) as stack:
-        results["memory"] = await memory.run(stack, 64)
-        results["overhead"] = await overhead.run(stack, overhead.QUICK_LEVELS if quick else overhead.LEVELS)
+        results["memory"] = await memory.run(stack, 16 if quick else 64)
+        if quick:
+            results["overhead"] = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+        else:
+            results["overhead"] = await overhead.run(stack, overhead.LEVELS)
     return results
 
 
