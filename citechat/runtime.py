@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 from citechat.chat.answering import Answering
 from citechat.chat.streams import AnswerStreams
+from citechat.chat.workers import WorkerLease, mark_orphans_failed
 from citechat.db.database import Database, open_database
 from citechat.documents.ingestion import Ingestion
 from citechat.pipeline.llms import provider_from_settings
 from citechat.pipeline.local_model import local_model_server
 from citechat.pipeline.prompts import PromptStore
+from citechat.ratelimits.service import rate_limits_from_settings
 from citechat.retrievers.base import IndexBackend
 from citechat.retrievers.factory import index_from_settings
 from citechat.settings import Settings
@@ -40,6 +42,12 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
         stack.push_async_callback(ingestion.aclose)
         if resume_ingestion and (resumed := await ingestion.resume()):
             log.info("resumed indexing of %d document(s)", resumed)
+        lease = WorkerLease(database.engine)
+        await lease.start()
+        stack.push_async_callback(lease.aclose)  # after the answers below are closed (the stack unwinds LIFO)
+        async with database.sessions() as db:
+            if orphans := await mark_orphans_failed(db):
+                log.warning("marked %d answer(s) of stopped processes as failed (interrupted)", orphans)
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
         llms = provider_from_settings(settings, local_base_url=local)
         stack.push_async_callback(llms.aclose)
@@ -50,6 +58,9 @@ async def open_runtime(settings: Settings, *, resume_ingestion: bool = True) -> 
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
+            limits=rate_limits_from_settings(settings, database.sessions),
+            retrieval_timeout_s=settings.retrieval_timeout_s,
+            worker_id=lease.id,
         )
         streams = AnswerStreams(answering)
         stack.push_async_callback(streams.aclose)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         default=0.3, ge=-1, le=1, description="Strict mode answers only from passages at least this similar."
     )
     retrieval_top_k: int = Field(default=5, ge=1, le=100, description="Passages retrieved per question.")
+    retrieval_timeout_s: float = Field(
+        default=10, gt=0, description="An answer fails (retryably) when retrieval takes longer than this."
+    )
     max_upload_mb: float = Field(default=50, gt=0, description="Largest accepted upload, in MiB (413 above).")
     embedding_model: Literal["minilm", "openai"] = Field(
         default="minilm",
@@ -70,6 +73,15 @@ class Settings(BaseSettings):
     embedding_threads: int = Field(default=2, ge=1, description="CPU threads of the offline embedding model.")
     chunk_size: int = Field(default=200, ge=32, le=2048, description="Target chunk length in tokens.")
     chunk_overlap: int = Field(default=30, ge=0, le=512, description="Tokens shared by neighbouring chunks.")
+    ratelimit_user_per_hour: int = Field(default=50, ge=1, description="Messages one user may send per rolling hour.")
+    ratelimit_org_per_day: int = Field(
+        default=1000, ge=1, description="Messages one organization may send per rolling day."
+    )
+    ratelimit_storage: str | None = Field(
+        default=None,
+        pattern=r"^async\+[a-z0-9+]+://",
+        description="A `limits` async storage URI (async+redis://host:6379) shared across hosts; unset: PostgreSQL.",
+    )
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),
         description="USD per million (prompt, completion) tokens by model, for cost estimates.",

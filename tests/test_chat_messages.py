@@ -76,11 +76,17 @@ async def test_stream_events_in_order(client, asker):
     names = [name for _, name, _ in events]
     assert names[:2] == ["user_message", "sources"] and names[-1] == "done"
     assert set(names[2:-1]) == {"token"} and len(names[2:-1]) > 1
-    assert [number for number, _, _ in events] == list(range(1, len(events) + 1))
     user, sources, done = events[0][2], events[1][2]["sources"], events[-1][2]
     assert user["role"] == "user" and user["content"].startswith("What did the bakery")
+    assert user["assistant_message_id"] == done["id"]
     assert [s["rank"] for s in sources] == list(range(1, len(sources) + 1))
     streamed = "".join(data["delta"] for _, name, data in events if name == "token")
+    # Each id is the number of characters of the answer sent so far: what a reconnecting client says it has seen.
+    ids, seen = [number for number, _, _ in events], 0
+    for number, name, data in events:
+        seen += len(data["delta"]) if name == "token" else 0
+        assert number == seen
+    assert ids == sorted(ids) and ids[-1] == len(streamed)
     assert done["content"] == streamed and "7.4 million" in done["content"]
     assert done["status"] == "completed" and any(s["cited"] and s["page_number"] == 2 for s in done["sources"])
 

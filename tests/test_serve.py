@@ -1,59 +1,17 @@
 """``citechat serve`` as a user runs it: a real process on its embedded defaults, stopped and started again."""
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from citechat.db.migrations import head_revision
-
-CLI = [sys.executable, "-m", "citechat"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import CLI, Server, clean_env
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITECHAT_")}
-    return env | {"CITECHAT_DATA_DIR": str(data_dir)}
-
-
-class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"serve-{self.port}.log"
-        self.process = subprocess.Popen(  # noqa: S603
-            [*CLI, "serve", "--port", str(self.port)],
-            env=_env(data_dir),
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"citechat serve exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"citechat serve not ready in 60 s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=30)
+    return clean_env(CITECHAT_DATA_DIR=str(data_dir))
 
 
 def _postgres_running(pgdata: Path) -> bool:
@@ -79,7 +37,7 @@ def test_serve_on_embedded_defaults_keeps_data_across_restarts(tmp_path: Path):
     ).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
 
-    server = Server(data_dir)
+    server = Server(_env(data_dir), data_dir.parent)
     try:
         session = httpx.get(f"{server.url}/api/v1/chat/session", headers=headers).json()
         renamed = httpx.patch(
@@ -90,7 +48,7 @@ def test_serve_on_embedded_defaults_keeps_data_across_restarts(tmp_path: Path):
         assert server.stop() == 0
     assert not _postgres_running(data_dir / "pgdata"), "embedded PostgreSQL must stop with the service"
 
-    server = Server(data_dir)
+    server = Server(_env(data_dir), data_dir.parent)
     try:
         again = httpx.get(f"{server.url}/api/v1/chat/session", headers=headers).json()
         assert again["id"] == session["id"] and again["title"] == "kept"

@@ -16,6 +16,7 @@ from citechat.chat import message_routes
 from citechat.chat import routes as chat_routes
 from citechat.db.migrations import head_revision
 from citechat.documents import routes as document_routes
+from citechat.ratelimits import routes as ratelimit_routes
 from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ingestion = runtime.ingestion
             app.state.answering = runtime.answering
             app.state.streams = runtime.streams
+            app.state.limits = runtime.answering.limits
             log.info("citechat ready (%s database)", "embedded" if settings.embedded_database else "external")
             yield
 
@@ -65,5 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(chat_routes.router)
     app.include_router(message_routes.router)
+    app.include_router(ratelimit_routes.router)
     app.include_router(document_routes.router)
     return app

@@ -6,14 +6,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
+from citechat.ratelimits.service import RateLimited
 
 log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
     detail: str
+    limit: str | None = None
+    reset_at: str | None = None
+    retry_after: int | None = None
 
 
 def error_responses(*codes: int) -> dict[int | str, dict]:
@@ -25,6 +30,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         409: "Conflicts with the resource's current state.",
         413: "The upload is larger than allowed.",
         415: "The upload's format is not supported.",
+        429: "A message quota is spent: the body says which (`limit`: user or organization) and when it resets.",
         503: "A dependency (database, key set) is unavailable; retry.",
     }
     return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
@@ -35,6 +41,11 @@ async def _citechat_error(request: Request, exc: CitechatError) -> JSONResponse:
     if isinstance(exc, AuthenticationError):  # RFC 6750: no error code when no token was sent
         challenge = "Bearer" if isinstance(exc, MissingCredentials) else 'Bearer error="invalid_token"'
         headers = {"WWW-Authenticate": challenge}
+    if isinstance(exc, RateLimited):
+        quota = exc.quota
+        headers = quota.headers() | {"Retry-After": str(exc.retry_after)}
+        body = {"detail": exc.detail, "limit": quota.scope, "reset_at": quota.reset_at.isoformat()}
+        return JSONResponse(body | {"retry_after": exc.retry_after}, status_code=429, headers=headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
@@ -50,6 +61,11 @@ async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
     return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
 
 
+async def _busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+    log.warning("no database connection free in time during %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "the service is busy; try again shortly"}, status_code=503)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error during %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -59,4 +75,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CitechatError, _citechat_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(OSError, _connection_error)
+    app.add_exception_handler(PoolTimeout, _busy)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,26 +1,30 @@
 """Answering a question in a chat session: store the question, run the pipeline, stream, verify, store the answer.
 
-``begin`` does everything that can be refused (ownership, archived session) before any byte is streamed, so those
-are plain HTTP errors; ``run`` then yields the events of the answer and leaves the assistant message
-``completed`` or ``failed`` (with the stage that failed), never ``pending`` or ``streaming``.
+``begin`` (and ``begin_retry``) does everything that can be refused (ownership, an archived session, an answer
+still being written, a spent quota) before anything is stored or any byte is streamed, so those are plain HTTP
+errors; ``run`` then yields the events of the answer and leaves the assistant message ``completed``, ``failed``
+(with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when the database is briefly
+away, the final write is retried before it is given up.
 """
 
 import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from citechat.auth.service import Principal
-from citechat.chat import models, schemas
+from citechat.chat import models, schemas, workers
 from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.errors import CitechatError, Conflict, NotFound
@@ -28,11 +32,15 @@ from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider, describe_failure
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
+from citechat.ratelimits.service import Quota, RateLimits
 from citechat.retrievers.base import IndexBackend, Organization
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 TITLE_LENGTH = 50
-INTERRUPTED = "interrupted: the connection closed before the answer was complete; retry it"
+INTERRUPTED = "interrupted: the service stopped before the answer was complete; retry it"
+IN_FLIGHT = ("pending", "streaming")
+FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,11 @@ class Turn:
     mode: ResponseMode
     model: str
     history: list[LLMMessage]
+    quota: Quota | None = None  # after this message was counted (None when it was not: a retry of a failure)
     started: float = field(default_factory=time.perf_counter)
+    text: str = ""  # streamed so far (persisted by the stream's flusher)
+    stop_requested: bool = False  # the user asked to stop: end "stopped", keeping the text
+    finishing: bool = False  # the final write has begun: too late to stop
 
 
 @dataclass(frozen=True)
@@ -66,47 +78,133 @@ class Answering:
     prompts: PromptStore
     top_k: int
     min_similarity: float
+    limits: RateLimits
+    retrieval_timeout_s: float | None = None
+    worker_id: uuid.UUID | None = None  # the process's lease (see chat.workers); None outside a server
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
+        async with self.sessions() as db:  # refusals first, so they cost no quota
+            await self._writable_session(db, principal, session_id)
+        # Counted between two transactions, never inside one: a request holding a pooled connection while the
+        # quota store waits for another would starve the pool under a burst.
+        quota = await self.limits.consume(principal)
         async with self.sessions() as db:
-            session = await db.scalar(
-                select(models.ChatSession)
-                .where(
-                    models.ChatSession.id == session_id,
-                    models.ChatSession.user_id == principal.user_id,
-                    models.ChatSession.organization_id == principal.organization_id,
-                )
-                .with_for_update()
-            )
-            if session is None:
-                raise NotFound("chat session not found")
-            if session.is_archived:
-                raise Conflict("this chat session is archived and read-only")
+            session = await self._writable_session(db, principal, session_id)
             mode = ResponseMode(request.mode or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages)
             question = request.question
             user = models.ChatMessage(session_id=session_id, role="user", content=question, status="completed")
-            assistant = models.ChatMessage(
-                session_id=session_id,
-                role="assistant",
-                content="",
-                status="pending",
-                model_used=model,
-                temperature_used=POLICIES[mode].temperature,
-                message_metadata={"mode": mode.value},
-            )
             db.add(user)
             await db.flush()
+            assistant = self._new_answer(session_id, mode, model)
             db.add(assistant)
             if session.title == NEW_SESSION_TITLE:
                 session.title = question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
             session.last_message_at = utcnow()
             await db.commit()
-            return Turn(principal, session_id, user, assistant.id, question, mode, model, history)
+            return Turn(principal, session_id, user, assistant.id, question, mode, model, history, quota)
+
+    async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
+        """Regenerates the session's latest answer in place: same message id, same question, no new user message.
+
+        Retrying a failed answer is free; regenerating one that completed or was stopped counts as a message."""
+        model = self.llms.choose(request.model)
+        async with self.sessions() as db:  # refusals first, so they cost no quota
+            _, assistant, _ = await self._retryable(db, principal, message_id)
+            free = assistant.status == "failed"
+        quota = None if free else await self.limits.consume(principal)
+        async with self.sessions() as db:
+            session, assistant, user = await self._retryable(db, principal, message_id)
+            session_id = session.id
+            mode = ResponseMode(request.mode or (assistant.message_metadata or {}).get("mode") or session.response_mode)
+            history = await _history(db, session_id, session.max_context_messages, before=user.created_at)
+            await db.execute(delete(models.ChatSource).where(models.ChatSource.message_id == message_id))
+            fresh = self._new_answer(session_id, mode, model)
+            for column in ("content", "status", "model_used", "temperature_used", "worker_id"):
+                setattr(assistant, column, getattr(fresh, column))
+            attempt = (assistant.message_metadata or {}).get("attempt", 1) + 1
+            assistant.message_metadata = fresh.message_metadata | {"attempt": attempt}
+            for column in ("error_message", "error_details", "processing_time_ms", "tokens_prompt"):
+                setattr(assistant, column, None)
+            assistant.tokens_completion = assistant.tokens_total = None
+            session.last_message_at = utcnow()
+            await db.commit()
+            return Turn(principal, session_id, user, message_id, user.content, mode, model, history, quota)
+
+    async def _retryable(
+        self, db: AsyncSession, principal: Principal, message_id: uuid.UUID
+    ) -> tuple[models.ChatSession, models.ChatMessage, models.ChatMessage]:
+        """The session, the answer and its question, when the answer is the session's latest and may be redone."""
+        session_id = await db.scalar(
+            select(models.ChatMessage.session_id).where(
+                models.ChatMessage.id == message_id, models.ChatMessage.role == "assistant"
+            )
+        )
+        if session_id is None:
+            raise NotFound("message not found")
+        session = await self._writable_session(db, principal, session_id)
+        latest = await db.scalars(
+            select(models.ChatMessage)
+            .where(models.ChatMessage.session_id == session_id)
+            .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
+            .limit(2)
+        )
+        assistant, user = [*latest, None, None][:2]
+        if assistant is None or assistant.id != message_id or user is None or user.role != "user":
+            raise Conflict("only the latest answer of a session can be retried")
+        return session, assistant, user
+
+    async def _writable_session(
+        self, db: AsyncSession, principal: Principal, session_id: uuid.UUID
+    ) -> models.ChatSession:
+        """The caller's session, locked until commit so two sends cannot both pass the checks below."""
+        session = await db.scalar(
+            select(models.ChatSession)
+            .where(
+                models.ChatSession.id == session_id,
+                models.ChatSession.user_id == principal.user_id,
+                models.ChatSession.organization_id == principal.organization_id,
+            )
+            .with_for_update()
+        )
+        if session is None:
+            raise NotFound("chat session not found")
+        if session.is_archived:
+            raise Conflict("this chat session is archived and read-only")
+        busy = (
+            await db.execute(
+                select(models.ChatMessage.id, models.ChatMessage.worker_id).where(
+                    models.ChatMessage.session_id == session_id, models.ChatMessage.status.in_(IN_FLIGHT)
+                )
+            )
+        ).first()
+        if busy is not None:
+            if not await workers.is_dead(db, busy.worker_id):
+                raise Conflict("an answer is still being written in this session; wait for it or stop it")
+            await db.execute(  # its process is gone: it will never finish
+                update(models.ChatMessage)
+                .where(models.ChatMessage.id == busy.id)
+                .values(status="failed", error_message=workers.INTERRUPTED, error_details=workers.ORPHANED)
+            )
+        return session
+
+    def _new_answer(self, session_id: uuid.UUID, mode: ResponseMode, model: str) -> models.ChatMessage:
+        return models.ChatMessage(
+            session_id=session_id,
+            role="assistant",
+            content="",
+            status="pending",
+            model_used=model,
+            temperature_used=POLICIES[mode].temperature,
+            message_metadata={"mode": mode.value},
+            worker_id=self.worker_id,
+        )
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
-        yield Event("user_message", _message_json(turn.user_message, []))
+        yield Event(
+            "user_message", message_json(turn.user_message, []) | {"assistant_message_id": str(turn.assistant_id)}
+        )
         stage, timings = "retrieval", {}
         try:
             prompts = self.prompts.current()
@@ -120,33 +218,56 @@ class Answering:
                 prompts=prompts,
                 mode=turn.mode,
                 min_similarity=self.min_similarity,
+                retrieval_timeout_s=self.retrieval_timeout_s,
             )
             timings |= generation.timings_ms
             sources = await self._save_sources(turn, generation.sources)
-            yield Event("sources", {"sources": [_source_json(s) for s in sources]})
-            stage, text, first_token = "generation", "", None
+            yield Event("sources", {"sources": [source_json(s) for s in sources]})
+            stage, first_token = "generation", None
             async for delta in generation.tokens:
                 first_token = first_token or time.perf_counter()
-                text += delta
+                turn.text += delta
                 yield Event("token", {"delta": delta})
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
             timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
+            turn.finishing = True
             report = citations.verify(
-                text, [s.node.get_content(metadata_mode=MetadataMode.NONE) for s in generation.sources]
+                turn.text, [s.node.get_content(metadata_mode=MetadataMode.NONE) for s in generation.sources]
             )
             usage = getattr(llm, "usage", None) or {}
-            message = await self._complete(turn, report, timings, prompts.version, generation.refused, usage)
+            message = await _persisting(
+                lambda: self._complete(turn, report, timings, prompts.version, generation.refused, usage)
+            )
             yield Event("done", message)
         except (asyncio.CancelledError, GeneratorExit):
-            # The client went away (or the process is stopping): never leave the answer "streaming".
-            await asyncio.shield(self._fail(turn, INTERRUPTED, {"stage": stage, "retryable": True}))
+            # Stopped by the user, or the process is stopping: never leave the answer "streaming".
+            await asyncio.shield(_persisting(lambda: self._interrupt(turn, stage)))
             raise
         except Exception as exc:
             detail, retryable, expected = _failure(exc)
             log.warning("answer %s failed at %s: %s", turn.assistant_id, stage, detail, exc_info=not expected)
-            await self._fail(turn, detail, {"stage": stage, "retryable": retryable})
+            details = {"stage": stage, "retryable": retryable, "provider": self._provider(stage)}
+            try:
+                await _persisting(lambda: self._fail(turn, detail, details))
+            except (OperationalError, InterfaceError, OSError):
+                log.error(
+                    "answer %s: the failure could not be saved; it is marked at the next start", turn.assistant_id
+                )
             yield Event("error", {"message_id": str(turn.assistant_id), "detail": detail, "retryable": retryable})
+
+    async def stored_message(self, message_id: uuid.UUID) -> dict | None:
+        """The message as stored, in the API's shape (with its sources)."""
+        async with self.sessions() as db:
+            message = await db.scalar(
+                select(models.ChatMessage)
+                .where(models.ChatMessage.id == message_id)
+                .options(selectinload(models.ChatMessage.sources))
+            )
+            return None if message is None else message_json(message)
+
+    def _provider(self, stage: str) -> str:
+        return self.index.name if stage == "retrieval" else self.llms.name
 
     async def _save_sources(self, turn: Turn, nodes: list[NodeWithScore]) -> list[models.ChatSource]:
         async with self.sessions() as db:
@@ -203,22 +324,51 @@ class Answering:
                 },
             }
             await db.commit()
-            return _message_json(assistant, sorted(assistant.sources, key=lambda s: s.rank or 0))
+            return message_json(assistant, sorted(assistant.sources, key=lambda s: s.rank or 0))
 
     async def _fail(self, turn: Turn, detail: str, details: dict) -> None:
-        async with self.sessions() as db:
-            assistant = await db.get(models.ChatMessage, turn.assistant_id)
-            if assistant is not None:
-                assistant.status, assistant.error_message, assistant.error_details = "failed", detail, details
-                await db.commit()
+        """Failed, keeping what was streamed before the failure."""
+        await self._end(turn, "failed", error_message=detail, error_details=details)
+
+    async def _interrupt(self, turn: Turn, stage: str) -> None:
+        if turn.stop_requested:
+            await self._end(turn, "stopped")
+        else:
+            await self._end(
+                turn, "failed", error_message=INTERRUPTED, error_details={"stage": stage, "retryable": True}
+            )
+
+    async def _end(self, turn: Turn, status: str, **values) -> None:
+        async with self.sessions() as db, db.begin():
+            await db.execute(
+                update(models.ChatMessage)
+                .where(
+                    models.ChatMessage.id == turn.assistant_id, models.ChatMessage.status.in_((*IN_FLIGHT, "stopped"))
+                )
+                .values(status=status, content=turn.text, processing_time_ms=_ms(turn.started), **values)
+            )
 
 
-async def _history(db: AsyncSession, session_id: uuid.UUID, limit: int) -> list[LLMMessage]:
-    """The last ``limit`` completed messages, oldest first (failed answers and the new question excluded)."""
+async def _persisting(write: Callable[[], Awaitable[T]]) -> T:
+    """Runs a final write, again while the database is unreachable (a restart takes seconds)."""
+    for delay in FINAL_WRITE_DELAYS_S:
+        try:
+            return await write()
+        except (OperationalError, InterfaceError, OSError) as exc:
+            log.warning("database unavailable for a final write (%s); retrying in %s s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+    return await write()
+
+
+async def _history(db: AsyncSession, session_id: uuid.UUID, limit: int, *, before=None) -> list[LLMMessage]:
+    """The last ``limit`` completed messages before ``before`` (default: all), oldest first."""
+    window = [models.ChatMessage.session_id == session_id, models.ChatMessage.status == "completed"]
+    if before is not None:
+        window.append(models.ChatMessage.created_at < before)
     rows = (
         await db.scalars(
             select(models.ChatMessage)
-            .where(models.ChatMessage.session_id == session_id, models.ChatMessage.status == "completed")
+            .where(*window)
             .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
             .limit(limit)
         )
@@ -244,15 +394,17 @@ def _source_row(message_id: uuid.UUID, rank: int, node: NodeWithScore) -> models
     )
 
 
-def _source_json(source: models.ChatSource) -> dict:
+def source_json(source: models.ChatSource) -> dict:
     return schemas.ChatSource.model_validate(source).model_dump(mode="json")
 
 
-def _message_json(message: models.ChatMessage, sources: list[models.ChatSource]) -> dict:
-    """The message as the API shows it (its columns, not its lazy ``sources`` relationship)."""
+def message_json(message: models.ChatMessage, sources: list[models.ChatSource] | None = None) -> dict:
+    """The message as the API shows it; ``sources`` default to the message's own (which must be loaded)."""
+    if sources is None:
+        sources = sorted(message.sources, key=lambda source: source.rank or 0)
     columns = {column.key: getattr(message, column.key) for column in models.ChatMessage.__table__.columns}
     body = schemas.ChatMessage.model_validate(columns | {"sources": []}).model_dump(mode="json")
-    return body | {"sources": [_source_json(s) for s in sources]}
+    return body | {"sources": [source_json(s) for s in sources]}
 
 
 def _failure(exc: Exception) -> tuple[str, bool, bool]:

@@ -64,7 +64,7 @@ class ChatMessage(Base):
     __tablename__ = "chat_messages"
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant', 'system')", name="role"),
-        CheckConstraint("status IN ('pending', 'streaming', 'completed', 'failed')", name="status"),
+        CheckConstraint("status IN ('pending', 'streaming', 'completed', 'failed', 'stopped')", name="status"),
         Index("idx_chat_messages_session_created", "session_id", "created_at"),
         Index("idx_chat_messages_role", "session_id", "role"),
     )
@@ -83,6 +83,7 @@ class ChatMessage(Base):
     tokens_total: Mapped[int | None] = mapped_column(Integer)
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     message_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    worker_id: Mapped[uuid.UUID | None] = mapped_column(doc="The process writing the answer (see chat.workers).")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()

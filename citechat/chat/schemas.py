@@ -22,6 +22,7 @@ class MessageStatus(StrEnum):
     STREAMING = "streaming"
     COMPLETED = "completed"
     FAILED = "failed"
+    STOPPED = "stopped"  # cancelled by the user; the partial answer is kept
 
 
 class ChatSource(BaseModel):
@@ -96,6 +97,11 @@ class Models(BaseModel):
 class SendMessage(BaseModel):
     question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
     mode: ResponseMode | None = Field(default=None, description="Default: the session's mode.")
+    model: str | None = Field(default=None, description="Default: the configured model.")
+
+
+class RetryMessage(BaseModel):
+    mode: ResponseMode | None = Field(default=None, description="Default: the mode the answer was asked in.")
     model: str | None = Field(default=None, description="Default: the configured model.")
 
 

@@ -58,6 +58,17 @@ async def get_owned(db: AsyncSession, principal: Principal, session_id: uuid.UUI
     return session
 
 
+async def get_owned_message(db: AsyncSession, principal: Principal, message_id: uuid.UUID) -> models.ChatMessage:
+    message = await db.scalar(
+        select(models.ChatMessage)
+        .join(models.ChatSession, models.ChatSession.id == models.ChatMessage.session_id)
+        .where(models.ChatMessage.id == message_id, *_owned_by(principal))
+    )
+    if message is None:
+        raise NotFound("message not found")
+    return message
+
+
 async def _with_count(db: AsyncSession, principal: Principal, *where) -> schemas.ChatSession | None:
     row = (await db.execute(select(models.ChatSession, _message_count).where(*_owned_by(principal), *where))).first()
     return to_schema(row[0], principal, row[1]) if row else None

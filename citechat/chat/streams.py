@@ -1,47 +1,93 @@
-"""Answers being written in this process. Each runs as a task of its own to the end, whoever listens: a closed
-tab or a dropped connection only stops that listener, and the answer is still completed and saved.
+"""Answers being written, and listeners that follow them from anywhere.
 
-Listeners read the answer's events by position (the SSE ``id``), so one that joins late, or comes back, starts
-from where it wants. At shutdown the tasks are cancelled and their answers marked interrupted.
+Each answer runs as a task of its own to the end, whoever listens: a closed tab or a dropped connection only
+stops that listener, and the answer is still completed and saved. A flusher writes the text streamed so far to
+the database every ``FLUSH_S``, so a listener on another worker, or after a restart, can follow the answer from
+the database, and a stop asked on another worker reaches the one writing it.
+
+Listeners say where they are by the number of characters of the answer they have seen, which is the SSE ``id``
+of every event: a client that reconnects with ``Last-Event-ID: n`` gets the sources again, the text after
+character ``n``, then the rest live, from any worker.
 """
 
 import asyncio
+import contextlib
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
-from citechat.chat.answering import Answering, Event, Turn
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from citechat.chat import models, workers
+from citechat.chat.answering import IN_FLIGHT, Answering, Event, Turn, message_json, source_json
+from citechat.errors import Conflict
+
+log = logging.getLogger(__name__)
+FLUSH_S = 0.25  # partial text reaches the database at least this often (the issue asks for 500 ms)
+POLL_S = 0.25  # how often a listener on another worker looks at the database
+ORPHAN_CHECK_S = 5.0  # how long such a listener waits for progress before checking the writer is alive
+STOP_WAIT_S = 2.0  # how long a stop asked on another worker waits for the writer to save its last text
 
 
 class AnswerStream:
-    """The events of one answer so far, and whether it has ended."""
+    """One answer being written in this process: the question, sources, text so far, and how it ended."""
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.question: Event | None = None
+        self.sources: Event | None = None
+        self.text = ""
+        self.end: Event | None = None
         self.ended = False
         self._changed = asyncio.Condition()
 
     async def publish(self, event: Event) -> None:
         async with self._changed:
-            self.events.append(event)
+            if event.name == "user_message":
+                self.question = event
+            elif event.name == "sources":
+                self.sources = event
+            elif event.name == "token":
+                self.text += event.data["delta"]
+            else:  # done | error
+                self.end = event
             self._changed.notify_all()
 
-    async def end(self) -> None:
+    async def finish(self) -> None:
         async with self._changed:
             self.ended = True
             self._changed.notify_all()
 
-    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
-        """(position, event) from position ``after + 1`` on, live until the answer ends."""
-        position = after
+    def _news(self, sent_question: bool, sent_sources: bool, offset: int) -> bool:
+        return (
+            (not sent_question and self.question is not None)
+            or (not sent_sources and self.sources is not None)
+            or len(self.text) > offset
+            or self.ended
+        )
+
+    async def follow(self, after: int | None = None) -> AsyncIterator[tuple[int, Event]]:
+        """(id, event) pairs: from the question on when ``after`` is None, else what a listener that saw ``after``
+        characters is missing (sources, the rest of the text), then live until the end."""
+        offset, sent_question, sent_sources = after or 0, after is not None, False
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda seen=position: len(self.events) > seen or self.ended)
-                fresh = self.events[position:]
-                ended = self.ended
-            for event in fresh:
-                position += 1
-                yield position, event
-            if ended and position >= len(self.events):
+                await self._changed.wait_for(lambda q=sent_question, s=sent_sources, o=offset: self._news(q, s, o))
+                question, sources, text, end, ended = self.question, self.sources, self.text, self.end, self.ended
+            if not sent_question and question is not None:
+                sent_question = True
+                yield 0, question
+            if not sent_sources and sources is not None:
+                sent_sources = True
+                yield offset, sources
+            if len(text) > offset:
+                yield len(text), Event("token", {"delta": text[offset:]})
+                offset = len(text)
+            if ended:
+                if end is not None:
+                    yield offset, end
                 return
 
 
@@ -50,28 +96,148 @@ class AnswerStreams:
 
     def __init__(self, answering: Answering) -> None:
         self._answering = answering
-        self._running: dict[uuid.UUID, tuple[AnswerStream, asyncio.Task]] = {}
+        self._sessions: async_sessionmaker[AsyncSession] = answering.sessions
+        self._running: dict[uuid.UUID, tuple[Turn, AnswerStream, asyncio.Task]] = {}
 
     def start(self, turn: Turn) -> AnswerStream:
         stream = AnswerStream()
         task = asyncio.create_task(self._produce(turn, stream), name=f"answer-{turn.assistant_id}")
-        self._running[turn.assistant_id] = (stream, task)
+        self._running[turn.assistant_id] = (turn, stream, task)
         task.add_done_callback(lambda _: self._running.pop(turn.assistant_id, None))
         return stream
 
+    def follow(self, message_id: uuid.UUID, after: int | None) -> AsyncIterator[tuple[int, Event]]:
+        """Follows the answer here if this process writes it, else from the database."""
+        if (running := self._running.get(message_id)) is not None:
+            return running[1].follow(after)
+        return self._follow_stored(message_id, after or 0)
+
+    async def stop(self, message_id: uuid.UUID) -> dict:
+        """Stops the answer wherever it is being written; it keeps its text and ends ``stopped``."""
+        if (running := self._running.get(message_id)) is not None:
+            turn, _, task = running
+            if not turn.finishing:
+                turn.stop_requested = True
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            await self._stop_elsewhere(message_id)
+        return await self._answering.stored_message(message_id)
+
     async def wait(self, message_id: uuid.UUID) -> None:
         if (running := self._running.get(message_id)) is not None:
-            await asyncio.gather(running[1], return_exceptions=True)
+            await asyncio.gather(running[2], return_exceptions=True)
 
     async def aclose(self) -> None:
-        tasks = [task for _, task in self._running.values()]
+        tasks = [task for _, _, task in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _produce(self, turn: Turn, stream: AnswerStream) -> None:
+        flusher = asyncio.create_task(self._flush(turn, asyncio.current_task()), name=f"flush-{turn.assistant_id}")
         try:
             async for event in self._answering.run(turn):
                 await stream.publish(event)
+        except asyncio.CancelledError:
+            if not turn.stop_requested:
+                raise  # the process is stopping
+            if (message := await self._answering.stored_message(turn.assistant_id)) is not None:
+                await stream.publish(Event("done", message))
         finally:
-            await asyncio.shield(stream.end())
+            flusher.cancel()
+            await asyncio.shield(stream.finish())
+
+    async def _flush(self, turn: Turn, producer: asyncio.Task) -> None:
+        """Saves the text so far every ``FLUSH_S``, and notices a stop asked on another worker."""
+        saved, row = "", models.ChatMessage
+        while not turn.finishing:
+            await asyncio.sleep(FLUSH_S)
+            text = turn.text
+            try:
+                async with self._sessions() as db, db.begin():
+                    if text != saved:
+                        writing = await db.scalar(
+                            update(row)
+                            .where(row.id == turn.assistant_id, row.status.in_(IN_FLIGHT))
+                            .values(content=text)
+                            .returning(row.id)
+                        )
+                        saved = text
+                    else:
+                        writing = await db.scalar(
+                            select(row.id).where(row.id == turn.assistant_id, row.status.in_(IN_FLIGHT))
+                        )
+            except Exception as exc:  # the database is away: the answer goes on, the next flush catches up
+                log.debug("flushing answer %s failed: %s", turn.assistant_id, type(exc).__name__)
+                continue
+            if writing is None and not turn.finishing:  # stopped elsewhere (or deleted)
+                turn.stop_requested = True
+                producer.cancel()
+                return
+
+    async def _stop_elsewhere(self, message_id: uuid.UUID) -> None:
+        row = models.ChatMessage
+        async with self._sessions() as db, db.begin():
+            writer = (
+                await db.execute(
+                    update(row)
+                    .where(row.id == message_id, row.status.in_(IN_FLIGHT))
+                    .values(status="stopped")
+                    .returning(row.worker_id)
+                )
+            ).first()
+        if writer is None:
+            raise Conflict("this answer is not being written; there is nothing to stop")
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:  # the writer saves its last text within a flush or two
+            async with self._sessions() as db:
+                if await db.scalar(select(row.processing_time_ms).where(row.id == message_id)) is not None:
+                    return
+                if await workers.is_dead(db, writer.worker_id):
+                    return
+            await asyncio.sleep(POLL_S / 2)
+
+    async def _follow_stored(self, message_id: uuid.UUID, offset: int) -> AsyncIterator[tuple[int, Event]]:
+        sent_sources, progress_at = False, time.monotonic()
+        while True:
+            async with self._sessions() as db:
+                message = await db.scalar(
+                    select(models.ChatMessage)
+                    .where(models.ChatMessage.id == message_id)
+                    .options(selectinload(models.ChatMessage.sources))
+                )
+                if message is None:
+                    return  # deleted with its session
+                stalled = time.monotonic() - progress_at > ORPHAN_CHECK_S
+                if message.status in IN_FLIGHT and stalled and await workers.is_dead(db, message.worker_id):
+                    await self._mark_orphaned(db, message_id)
+                    continue
+            if not sent_sources and (message.sources or message.status in ("streaming", "completed", "stopped")):
+                sent_sources = True
+                sources = sorted(message.sources, key=lambda source: source.rank or 0)
+                yield offset, Event("sources", {"sources": [source_json(s) for s in sources]})
+            if message.status in ("completed", "stopped"):
+                yield offset, Event("done", message_json(message))
+                return
+            if message.status == "failed":
+                details = message.error_details or {}
+                error = {"detail": message.error_message, "retryable": bool(details.get("retryable", True))}
+                yield offset, Event("error", {"message_id": str(message_id), **error})
+                return
+            if len(message.content) > offset:
+                yield len(message.content), Event("token", {"delta": message.content[offset:]})
+                offset, progress_at = len(message.content), time.monotonic()
+            elif stalled:
+                progress_at = time.monotonic()
+            await asyncio.sleep(POLL_S)
+
+    @staticmethod
+    async def _mark_orphaned(db: AsyncSession, message_id: uuid.UUID) -> None:
+        with contextlib.suppress(Exception):
+            await db.execute(
+                update(models.ChatMessage)
+                .where(models.ChatMessage.id == message_id, models.ChatMessage.status.in_(IN_FLIGHT))
+                .values(status="failed", error_message=workers.INTERRUPTED, error_details=workers.ORPHANED)
+            )
+            await db.commit()

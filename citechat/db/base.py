@@ -32,5 +32,6 @@ def all_tables() -> MetaData:
     from citechat.auth import models as _auth  # noqa: F401
     from citechat.chat import models as _chat  # noqa: F401
     from citechat.documents import models as _documents  # noqa: F401
+    from citechat.ratelimits import models as _ratelimits  # noqa: F401
 
     return Base.metadata

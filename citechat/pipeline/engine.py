@@ -14,6 +14,7 @@ memory, polling every 100 ms, so it noticed the end of each answer up to 100 ms 
 it starts and the tokens are read from the model's stream directly (``_tokens``).
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pydantic import PrivateAttr
 from citechat.pipeline.extractive import ExtractiveLLM
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptSet
+from citechat.retrievers.base import RetrievalUnavailable
 
 
 class SourceGate(BaseNodePostprocessor):
@@ -58,11 +60,12 @@ class NumberSources(BaseNodePostprocessor):
 
 
 class TimedRetriever(BaseRetriever):
-    """The organization's retriever, noting when retrieval started and ended: what comes before it is condensing."""
+    """The organization's retriever, noting when retrieval started and ended (what comes before it is condensing),
+    and giving up after ``timeout_s``: a retriever that hangs must fail the answer, retryably, not hold it."""
 
-    def __init__(self, inner: BaseRetriever) -> None:
+    def __init__(self, inner: BaseRetriever, timeout_s: float | None = None) -> None:
         super().__init__()
-        self._inner = inner
+        self._inner, self._timeout_s = inner, timeout_s
         self.started = self.finished = None
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -71,7 +74,10 @@ class TimedRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         self.started = time.perf_counter()
         try:
-            return await self._inner.aretrieve(query_bundle)
+            async with asyncio.timeout(self._timeout_s):
+                return await self._inner.aretrieve(query_bundle)
+        except TimeoutError:
+            raise RetrievalUnavailable(f"retrieval took longer than {self._timeout_s:g} s; try again") from None
         finally:
             self.finished = time.perf_counter()
 
@@ -95,13 +101,14 @@ async def generate(
     prompts: PromptSet,
     mode: ResponseMode,
     min_similarity: float,
+    retrieval_timeout_s: float | None = None,
 ) -> Generation:
     policy = POLICIES[mode]
     numbering = NumberSources()
     extractive = isinstance(llm, ExtractiveLLM)
     if extractive:
         llm.question = question
-    timed = TimedRetriever(retriever)
+    timed = TimedRetriever(retriever, retrieval_timeout_s)
     clock = time.perf_counter()
     engine = CondensePlusContextChatEngine.from_defaults(
         retriever=timed,

@@ -168,4 +168,6 @@ def describe_failure(exc: Exception) -> tuple[str, bool] | None:
         return "the language model failed; try again", True
     if isinstance(exc, openai.APIStatusError):
         return f"the language model refused the request ({exc.status_code})", False
+    if isinstance(exc, openai.APIError):  # an error event inside a stream that had begun
+        return "the language model failed mid-answer; try again", True
     return None

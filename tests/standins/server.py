@@ -1,4 +1,5 @@
-"""Runs an ASGI app (a stand-in's Starlette app) under uvicorn on a free 127.0.0.1 port in a background thread."""
+"""Runs an ASGI app (a stand-in's Starlette app, or citechat's own with its lifespan) under uvicorn on a free
+127.0.0.1 port in a background thread: real HTTP, where httpx's in-process transport would buffer a stream."""
 
 import socket
 import threading
@@ -14,9 +15,10 @@ class BackgroundServer:
     ``start()`` returns once uvicorn is accepting connections; ``stop()`` asks it to exit and waits for the thread.
     ``port`` is 0 until the first start; a server can be started again after ``stop()`` (on a new port)."""
 
-    def __init__(self, app: Any, *, name: str = "server", start_timeout_s: float = 10.0) -> None:
+    def __init__(self, app: Any, *, name: str = "server", start_timeout_s: float = 10.0, lifespan: str = "off") -> None:
         self.app = app
         self.name = name
+        self.lifespan = lifespan
         self.start_timeout_s = start_timeout_s
         self.port = 0
         self._server: uvicorn.Server | None = None
@@ -38,7 +40,7 @@ class BackgroundServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+            self.app, log_level="warning", access_log=False, lifespan=self.lifespan, timeout_graceful_shutdown=1
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=self.name)

@@ -1,0 +1,1 @@
+"""Message quotas per user and per organization, on the ``limits`` library's moving window."""
