@@ -308,17 +308,19 @@ def _serving_documents(quick: bool, folder: Path, count: int) -> list[Path] | No
 
 @bench_app.command("overhead")
 def bench_overhead(
-    quick: Annotated[bool, typer.Option(help="A few messages per concurrency, the built-in document.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="A few messages per concurrency, 20-token answers, the built-in document.")
+    ] = False,
     folder: Annotated[Path, typer.Option(help="Folder of PDFs to index.")] = DATASETS / "sec10q" / "docs",
     documents: Annotated[int, typer.Option(min=1, help="How many of its PDFs to index.")] = 3,
     out: Annotated[Path, typer.Option(help="Where to write overhead.json and overhead.md.")] = Path("bench-results"),
 ) -> None:
     """Serving overhead at 1, 16 and 64 streams: citechat next to a bare FastAPI relay and LlamaIndex in-process."""
     from citechat.bench import overhead, report
-    from citechat.bench.stack import open_stack
+    from citechat.bench.stack import QUICK_PACE, open_stack
 
     async def run() -> dict:
-        async with open_stack(_serving_documents(quick, folder, documents)) as stack:
+        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
             if quick:
                 return await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
             return await overhead.run(stack, overhead.LEVELS)
@@ -332,7 +334,7 @@ def bench_overhead(
 
 @bench_app.command("memory")
 def bench_memory(
-    quick: Annotated[bool, typer.Option(help="The built-in document, 16 streams.")] = False,
+    quick: Annotated[bool, typer.Option(help="The built-in document, 16 streams, 20-token answers.")] = False,
     folder: Annotated[Path, typer.Option(help="Folder of PDFs to index.")] = DATASETS / "sec10q" / "docs",
     documents: Annotated[int, typer.Option(min=1, help="How many of its PDFs to index.")] = 3,
     streams: Annotated[int | None, typer.Option(min=1, help="Concurrent streams for the peak (64; quick: 16).")] = None,
@@ -340,10 +342,10 @@ def bench_memory(
 ) -> None:
     """Resident size of the server idle and at its peak under concurrent streams."""
     from citechat.bench import memory, report
-    from citechat.bench.stack import open_stack
+    from citechat.bench.stack import QUICK_PACE, open_stack
 
     async def run() -> dict:
-        async with open_stack(_serving_documents(quick, folder, documents)) as stack:
+        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
             return await memory.run(stack, streams or (16 if quick else 64))
 
     logging.config.dictConfig(logging_config("warning"))

@@ -7,7 +7,7 @@ Retrieval and ingestion read the shared data sets and are skipped (and said to b
 from pathlib import Path
 
 from citechat.bench import ingest, memory, overhead, retrieval
-from citechat.bench.stack import open_stack
+from citechat.bench.stack import QUICK_PACE, open_stack
 
 SERVING_DOCUMENTS = 3  # 10-Q filings indexed for the serving benchmarks
 
@@ -24,7 +24,8 @@ async def run(quick: bool, datasets: Path) -> dict:
         results["ingest"] = await ingest.run(pdfs[:2] if quick else pdfs)
     else:
         results["skipped"]["ingest"] = f"no PDFs in {datasets / 'sec10q' / 'docs'}"
-    async with open_stack(None if quick or not pdfs else pdfs[:SERVING_DOCUMENTS]) as stack:
+    serving_documents = None if quick or not pdfs else pdfs[:SERVING_DOCUMENTS]
+    async with open_stack(serving_documents, QUICK_PACE if quick else None) as stack:
         results["memory"] = await memory.run(stack, 16 if quick else 64)
         if quick:
             results["overhead"] = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,51 +48,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@asynccontextmanager
-async def service(
-    name: str, module: str, args: list[str], *, env: dict[str, str], ready_path: str, log: Path, timeout_s: float = 120
-) -> AsyncIterator[Service]:
-    """Runs ``python -m module --port N *args`` until the block ends (SIGINT, then SIGKILL after 30 s)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+@dataclass(frozen=True)
+class Launched:
+    """A server process started and perhaps not yet listening."""
+
+    name: str
+    url: str
+    popen: subprocess.Popen
+    log: Path
+
+
+def launch(name: str, module: str, args: list[str], *, env: dict[str, str], log: Path, port: int) -> Launched:
+    """Starts ``python -m module --port port *args``, its output to ``log``; ``ready`` waits for it, ``stop``
+    ends it. Ports are chosen before launching, so servers that know each other's address start together."""
     with log.open("w") as output:
-        process = subprocess.Popen(  # noqa: S603, ASYNC220 (our own interpreter and module; returns at once)
-            [sys.executable, "-m", module, "--port", str(port), *args],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            [sys.executable, "-m", module, "--port", str(port), *args], env=env, stdout=output, stderr=subprocess.STDOUT
         )
-    try:
-        await _wait_ready(name, process, url + ready_path, log, timeout_s)
-        yield Service(name, url, psutil.Process(process.pid))
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+    return Launched(name, f"http://127.0.0.1:{port}", popen, log)
+
+
+async def ready(launched: Launched, path: str, timeout_s: float = 120) -> Service:
+    """The service once ``GET path`` answers 200."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            if launched.popen.poll() is not None:
+                raise RuntimeError(f"{launched.name} exited with {launched.popen.returncode}: {_tail(launched.log)}")
             try:
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
+                if (await http.get(launched.url + path)).status_code == 200:
+                    return Service(launched.name, launched.url, psutil.Process(launched.popen.pid))
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{launched.name} was not ready in {timeout_s:.0f} s: {_tail(launched.log)}")
+
+
+async def stop(launched: Launched) -> None:
+    """SIGINT (a graceful stop), then SIGKILL after 30 s."""
+    if launched.popen.poll() is None:
+        launched.popen.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(launched.popen.wait, 30)
+        except subprocess.TimeoutExpired:
+            launched.popen.kill()
+            await asyncio.to_thread(launched.popen.wait)
 
 
 def child_env(**values: str) -> dict[str, str]:
     """This process's environment without any ``CITECHAT_`` setting, plus ``values``."""
     return {k: v for k, v in os.environ.items() if not k.startswith("CITECHAT_")} | values
-
-
-async def _wait_ready(name: str, process: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}: {_tail(log)}")
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{name} was not ready in {timeout_s:.0f} s: {_tail(log)}")
 
 
 def _tail(log: Path) -> str:

@@ -11,6 +11,7 @@ citechat's users each get a token of their own and a generous per-user rate limi
 serving, not the limiter refusing it.
 """
 
+import asyncio
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from citechat.auth.tokens import issue_token
 from citechat.bench.generator import MODEL, Pace
-from citechat.bench.processes import Service, child_env, service
+from citechat.bench.processes import Launched, Service, child_env, free_port, launch, ready, stop
 from citechat.documents import commands
 from citechat.retrievers.base import Organization
 from citechat.runtime import Runtime, open_runtime
@@ -30,6 +31,7 @@ from citechat.settings import Settings
 ORGANIZATION = "bench"
 # Rate limits high enough never to refuse the benchmark (they are still checked and counted for every message).
 GENEROUS_LIMITS = {"CITECHAT_RATELIMIT_USER_PER_HOUR": str(10**9), "CITECHAT_RATELIMIT_ORG_PER_DAY": str(10**9)}
+QUICK_PACE = Pace(tokens=20)  # smoke runs: the same first-token wait, a tenth of the answer
 QUESTIONS = (
     "What were total net sales this quarter?",
     "How did operating income change compared with the prior year?",
@@ -58,51 +60,56 @@ class Stack:
 
 
 @asynccontextmanager
-async def open_stack(documents: list[Path] | None) -> AsyncIterator[Stack]:
-    """``documents``: files to index (None: the built-in text)."""
+async def open_stack(documents: list[Path] | None, pace: Pace | None = None) -> AsyncIterator[Stack]:
+    """``documents``: files to index (None: the built-in text); ``pace``: the generator's (default: 200 tokens).
+    The servers start while this process indexes."""
+    pace = pace or Pace()
     with tempfile.TemporaryDirectory(prefix="citechat-bench-") as work:
         work_dir = Path(work)
         data_dir = work_dir / "data"
         secret = secrets.token_urlsafe(32)
         async with AsyncExitStack() as stack:
             settings = Settings(_env_file=None, data_dir=data_dir, auth_secret=secret)
-            runtime = await stack.enter_async_context(open_runtime(settings))
+            runtime = await stack.enter_async_context(open_runtime(settings))  # the database, migrated
             organization = await commands.organization(runtime, ORGANIZATION)
-            corpus = await _index(runtime, organization, documents or [_builtin_document(work_dir)])
-            generator = await stack.enter_async_context(
-                service(
-                    "paced generator",
-                    "citechat.bench.generator",
-                    [],
-                    env=child_env(),
-                    ready_path="/healthz",
-                    log=work_dir / "generator.log",
-                )
-            )
-            env = child_env(
+            ports = {name: free_port() for name in ("generator", "server", "floor")}
+            generator_url = f"http://127.0.0.1:{ports['generator']}"
+            server_env = child_env(
                 CITECHAT_DATA_DIR=str(data_dir),
                 CITECHAT_AUTH_SECRET=secret,
                 CITECHAT_LLM="openai-compatible",
-                CITECHAT_LLM_BASE_URL=f"{generator.url}/v1",
+                CITECHAT_LLM_BASE_URL=f"{generator_url}/v1",
                 CITECHAT_LLM_MODEL=MODEL,
                 **GENEROUS_LIMITS,
             )
-            server = await stack.enter_async_context(
-                service(
-                    "citechat", "citechat.bench.server", [], env=env, ready_path="/readyz", log=work_dir / "server.log"
+            launches = [
+                ("paced generator", "citechat.bench.generator", _pace_args(pace), child_env(), "/healthz"),
+                ("citechat", "citechat.bench.server", [], server_env, "/readyz"),
+                ("floor", "citechat.bench.floor", ["--generator", generator_url], child_env(), "/healthz"),
+            ]
+            running: list[Launched] = []
+            stack.push_async_callback(lambda: asyncio.gather(*(stop(launched) for launched in running)))
+            async with asyncio.TaskGroup() as starting:
+                waits = []
+                for (name, module, args, env, path), port in zip(launches, ports.values(), strict=True):
+                    running.append(launch(name, module, args, env=env, log=work_dir / f"{module}.log", port=port))
+                    waits.append(starting.create_task(ready(running[-1], path)))
+                indexed = starting.create_task(
+                    _index(runtime, organization, documents or [_builtin_document(work_dir)])
                 )
-            )
-            floor = await stack.enter_async_context(
-                service(
-                    "floor",
-                    "citechat.bench.floor",
-                    ["--generator", generator.url],
-                    env=child_env(),
-                    ready_path="/healthz",
-                    log=work_dir / "floor.log",
-                )
-            )
-            yield Stack(generator, server, floor, runtime, organization, secret, Pace(), corpus)
+            generator, server, floor = (wait.result() for wait in waits)
+            yield Stack(generator, server, floor, runtime, organization, secret, pace, indexed.result())
+
+
+def _pace_args(pace: Pace) -> list[str]:
+    return [
+        "--first-token-ms",
+        str(pace.first_token_ms),
+        "--tokens",
+        str(pace.tokens),
+        "--token-ms",
+        str(pace.token_ms),
+    ]
 
 
 async def _index(runtime: Runtime, organization: Organization, files: list[Path]) -> dict:
