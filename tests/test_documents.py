@@ -5,7 +5,7 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from citechat.api.app import create_app
 from citechat.documents import models
@@ -266,3 +266,11 @@ async def test_embedding_model_mismatch_asks_for_reindex(app, db, org_headers):
             await retrieve(app, Organization(uuid.uuid4(), org), "anything")
     finally:
         await app.state.index.adopt_model()
+
+
+async def test_a_new_index_first_used_by_two_documents_at_once(app, db):
+    """Documents are indexed two at a time: on a new index both find the embedding model unrecorded."""
+    await db.execute(delete(models.EmbeddingIndex))
+    await db.commit()
+    await asyncio.gather(app.state.index.check_model(), app.state.index.check_model())
+    assert (await db.scalar(select(models.EmbeddingIndex.model))) == app.state.index.embedder.model_name

@@ -20,6 +20,7 @@ from typing import Literal
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from sqlalchemy import delete, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from citechat.documents import models
@@ -253,14 +254,15 @@ class LocalIndex:
         return [_node(row) for row in rows]
 
     async def check_model(self) -> None:
-        """Record the embedding model on first use; refuse to mix vectors from two models."""
+        """Record the embedding model on first use; refuse to mix vectors from two models. Two documents indexed
+        at once on a new index both find no record: the second insert yields to the first, then reads it."""
         async with self._sessions() as db, db.begin():
             recorded = await db.get(models.EmbeddingIndex, 1)
             if recorded is None:
-                db.add(
-                    models.EmbeddingIndex(id=1, model=self._embedder.model_name, dimensions=self._embedder.dimensions)
-                )
-            elif recorded.model != self._embedder.model_name:
+                record = {"id": 1, "model": self._embedder.model_name, "dimensions": self._embedder.dimensions}
+                await db.execute(pg_insert(models.EmbeddingIndex).values(record).on_conflict_do_nothing())
+                recorded = await db.get(models.EmbeddingIndex, 1)
+            if recorded.model != self._embedder.model_name:
                 raise IndexMismatch(
                     f"the document index was built with {recorded.model} but {self._embedder.model_name} is "
                     "configured: run `citechat reindex` (or configure the original model)"
