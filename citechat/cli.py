@@ -364,11 +364,12 @@ def bench_all(
     one JSON file and one Markdown report."""
     from citechat.bench import everything, report
 
+    def save(results: dict) -> None:
+        report.write(results, out, "all", everything.markdown(results))
+
     logging.config.dictConfig(logging_config("warning"))
-    results = asyncio.run(everything.run(quick, DATASETS))
-    table = everything.markdown(results)
-    report.write(results, out, "all", table)
-    typer.echo(table)
+    results = asyncio.run(everything.run(quick, DATASETS, save))
+    typer.echo(everything.markdown(results))
 
 
 @prompts_app.command("check")
