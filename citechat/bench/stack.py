@@ -62,7 +62,9 @@ class Stack:
 @asynccontextmanager
 async def open_stack(documents: list[Path] | None, pace: Pace | None = None) -> AsyncIterator[Stack]:
     """``documents``: files to index (None: the built-in text); ``pace``: the generator's (default: 200 tokens).
-    The servers start while this process indexes."""
+
+    The generator and the floor start while this process indexes; citechat only once the documents are indexed,
+    or its start-up would resume the indexing of documents it finds unfinished, alongside this process."""
     pace = pace or Pace()
     with tempfile.TemporaryDirectory(prefix="citechat-bench-") as work:
         work_dir = Path(work)
@@ -72,8 +74,20 @@ async def open_stack(documents: list[Path] | None, pace: Pace | None = None) -> 
             settings = Settings(_env_file=None, data_dir=data_dir, auth_secret=secret)
             runtime = await stack.enter_async_context(open_runtime(settings))  # the database, migrated
             organization = await commands.organization(runtime, ORGANIZATION)
-            ports = {name: free_port() for name in ("generator", "server", "floor")}
-            generator_url = f"http://127.0.0.1:{ports['generator']}"
+            running: list[Launched] = []
+            stack.push_async_callback(lambda: asyncio.gather(*(stop(launched) for launched in running)))
+
+            def start(name: str, module: str, args: list[str], env: dict[str, str], port: int) -> Launched:
+                running.append(launch(name, module, args, env=env, log=work_dir / f"{module}.log", port=port))
+                return running[-1]
+
+            generator_port = free_port()
+            generator_url = f"http://127.0.0.1:{generator_port}"
+            helpers = [
+                start("paced generator", "citechat.bench.generator", _pace_args(pace), child_env(), generator_port),
+                start("floor", "citechat.bench.floor", ["--generator", generator_url], child_env(), free_port()),
+            ]
+            corpus = await _index(runtime, organization, documents or [_builtin_document(work_dir)])
             server_env = child_env(
                 CITECHAT_DATA_DIR=str(data_dir),
                 CITECHAT_AUTH_SECRET=secret,
@@ -82,23 +96,12 @@ async def open_stack(documents: list[Path] | None, pace: Pace | None = None) -> 
                 CITECHAT_LLM_MODEL=MODEL,
                 **GENEROUS_LIMITS,
             )
-            launches = [
-                ("paced generator", "citechat.bench.generator", _pace_args(pace), child_env(), "/healthz"),
-                ("citechat", "citechat.bench.server", [], server_env, "/readyz"),
-                ("floor", "citechat.bench.floor", ["--generator", generator_url], child_env(), "/healthz"),
-            ]
-            running: list[Launched] = []
-            stack.push_async_callback(lambda: asyncio.gather(*(stop(launched) for launched in running)))
-            async with asyncio.TaskGroup() as starting:
-                waits = []
-                for (name, module, args, env, path), port in zip(launches, ports.values(), strict=True):
-                    running.append(launch(name, module, args, env=env, log=work_dir / f"{module}.log", port=port))
-                    waits.append(starting.create_task(ready(running[-1], path)))
-                indexed = starting.create_task(
-                    _index(runtime, organization, documents or [_builtin_document(work_dir)])
-                )
-            generator, server, floor = (wait.result() for wait in waits)
-            yield Stack(generator, server, floor, runtime, organization, secret, pace, indexed.result())
+            citechat = start("citechat", "citechat.bench.server", [], server_env, free_port())
+            async with asyncio.TaskGroup() as starting:  # a failure cancels the other waits
+                waits = [starting.create_task(ready(helper, "/healthz")) for helper in helpers]
+                waits.append(starting.create_task(ready(citechat, "/readyz")))
+            generator, floor, server = (wait.result() for wait in waits)
+            yield Stack(generator, server, floor, runtime, organization, secret, pace, corpus)
 
 
 def _pace_args(pace: Pace) -> list[str]:
