@@ -305,17 +305,17 @@ def bench_retrieval(
     quick: Annotated[bool, typer.Option(help="A tiny run that proves the benchmark works.")] = False,
     corpus: Annotated[Path, typer.Option(help="BEIR folder whose passages and queries are used.")] = DATASETS
     / "scifact",
-    sizes: Annotated[str, typer.Option(help="Comma-separated corpus sizes in chunks.")] = "10000,100000",
+    sizes: Annotated[str | None, typer.Option(help="Comma-separated corpus sizes in chunks (10000,100000).")] = None,
     out: Annotated[Path, typer.Option(help="Where to write retrieval.json and retrieval.md.")] = Path("bench-results"),
 ) -> None:
     """Top-5 hybrid retrieval latency at each corpus size, with and without the query embedding."""
     from citechat.bench import report, retrieval
 
-    chunk_sizes = [500, 2000] if quick else [int(s) for s in sizes.split(",")]
+    options = retrieval.sizes(quick)
+    if not quick and sizes:
+        options["sizes"] = [int(s) for s in sizes.split(",")]
     logging.config.dictConfig(logging_config("warning"))
-    results = asyncio.run(
-        retrieval.run(corpus, chunk_sizes, base_passages=200 if quick else 5000, queries=20 if quick else 200)
-    )
+    results = asyncio.run(retrieval.run(corpus, **options))
     table = retrieval.markdown(results)
     report.write(results, out, "retrieval", table)
     typer.echo(table)
@@ -335,6 +335,79 @@ def bench_ingest(
     table = ingest.markdown(results)
     report.write(results, out, "ingest", table)
     typer.echo(table)
+
+
+def _serving_documents(quick: bool, folder: Path, count: int) -> list[Path] | None:
+    """The documents the serving benchmarks index: ``count`` PDFs of ``folder``, or (quick, or no such folder)
+    None for the built-in text."""
+    files = sorted(folder.glob("*.pdf"))[:count]
+    return None if quick or not files else files
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    quick: Annotated[
+        bool, typer.Option(help="A few messages per concurrency, 20-token answers, the built-in document.")
+    ] = False,
+    folder: Annotated[Path, typer.Option(help="Folder of PDFs to index.")] = DATASETS / "sec10q" / "docs",
+    documents: Annotated[int, typer.Option(min=1, help="How many of its PDFs to index.")] = 3,
+    out: Annotated[Path, typer.Option(help="Where to write overhead.json and overhead.md.")] = Path("bench-results"),
+) -> None:
+    """Serving overhead at 1, 16 and 64 streams: citechat next to a bare FastAPI relay and LlamaIndex in-process."""
+    from citechat.bench import overhead, report
+    from citechat.bench.stack import QUICK_PACE, open_stack
+
+    async def run() -> dict:
+        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
+            if quick:
+                return await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+            return await overhead.run(stack, overhead.LEVELS)
+
+    logging.config.dictConfig(logging_config("warning"))
+    results = asyncio.run(run())
+    table = overhead.markdown(results)
+    report.write(results, out, "overhead", table)
+    typer.echo(table)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    quick: Annotated[bool, typer.Option(help="The built-in document, 16 streams, 20-token answers.")] = False,
+    folder: Annotated[Path, typer.Option(help="Folder of PDFs to index.")] = DATASETS / "sec10q" / "docs",
+    documents: Annotated[int, typer.Option(min=1, help="How many of its PDFs to index.")] = 3,
+    streams: Annotated[int | None, typer.Option(min=1, help="Concurrent streams for the peak (64; quick: 16).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write memory.json and memory.md.")] = Path("bench-results"),
+) -> None:
+    """Resident size of the server idle and at its peak under concurrent streams."""
+    from citechat.bench import memory, report
+    from citechat.bench.stack import QUICK_PACE, open_stack
+
+    async def run() -> dict:
+        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
+            return await memory.run(stack, streams or (16 if quick else 64))
+
+    logging.config.dictConfig(logging_config("warning"))
+    results = asyncio.run(run())
+    table = memory.markdown(results)
+    report.write(results, out, "memory", table)
+    typer.echo(table)
+
+
+@bench_app.command("all")
+def bench_all(
+    quick: Annotated[bool, typer.Option(help="Tiny sizes everywhere.")] = False,
+    out: Annotated[Path, typer.Option(help="Where to write all.json and all.md.")] = Path("bench-results"),
+) -> None:
+    """Every benchmark in one run (retrieval and ingestion need the shared data sets and are skipped without them):
+    one JSON file and one Markdown report."""
+    from citechat.bench import everything, report
+
+    def save(results: dict) -> None:
+        report.write(results, out, "all", everything.markdown(results))
+
+    logging.config.dictConfig(logging_config("warning"))
+    results = asyncio.run(everything.run(quick, DATASETS, save))
+    typer.echo(everything.markdown(results))
 
 
 @app.command()

@@ -52,10 +52,12 @@ async def open_runtime(
             if orphans := await mark_orphans_failed(db):
                 log.warning("marked %d answer(s) of stopped processes as failed (interrupted)", orphans)
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
+        llms = provider_from_settings(settings, local_base_url=local)
+        stack.push_async_callback(llms.aclose)
         answering = Answering(
             sessions=database.sessions,
             index=index,
-            llms=provider_from_settings(settings, local_base_url=local),
+            llms=llms,
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,

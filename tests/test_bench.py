@@ -43,3 +43,35 @@ def test_ingest_benchmark_smoke(tmp_path: Path):
     report = json.loads((tmp_path / "out" / "ingest.json").read_text())
     assert (report["documents"], report["pages"]) == (2, 8)
     assert report["pages_per_s"] > 0 and set(report["stages_s"]) == {"parse_s", "embed_s", "store_s"}
+
+
+def test_overhead_benchmark_smoke(tmp_path: Path):
+    result = _bench("overhead", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    streams = sorted({r["streams"] for r in report["runs"]})
+    assert [(r["path"], r["streams"]) for r in report["runs"]] == [
+        (path, n) for n in streams for path in ("floor", "citechat", "llamaindex")
+    ]
+    pace = report["pace"]
+    for r in report["runs"]:
+        assert r["errors"] == 0, r["error_examples"]
+        assert r["ttft_ms"]["p50"] >= pace["first_token_ms"]  # the generator's first token comes after 200 ms
+        assert r["generator_ms"]["p50"] >= pace["first_token_ms"] + pace["tokens"] * pace["token_ms"]
+        assert r["overhead_ms"]["p99"] >= r["overhead_ms"]["p50"] > -5  # the clocks of two processes
+        assert r["messages_per_s"] > 0 and r["cpu_ms_per_message"] > 0
+        served_from_database = r["path"] != "floor"
+        assert (r["db_statements_per_message"] > 0) == served_from_database
+        assert (r["retrieval_ms"]["p50"] > 0) == served_from_database
+    assert set(report["goals"]) == {"overhead_p95_ms_at_16", "overhead_p95_vs_floor_at_16"}
+    assert "| citechat |" in (tmp_path / "overhead.md").read_text()
+
+
+def test_memory_benchmark_smoke(tmp_path: Path):
+    result = _bench("memory", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "memory.json").read_text())
+    assert report["errors"] == 0
+    assert 50 < report["server_idle_mb"] <= report["server_peak_mb"] * 1.05  # the embedding model alone is ~90 MB
+    assert report["floor_idle_mb"] > 0 and report["streams"] >= 1
+    assert "server idle MB" in (tmp_path / "memory.md").read_text()

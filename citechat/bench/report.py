@@ -8,6 +8,20 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+import psutil
+
+_PACKAGES = (
+    "citechat",
+    "llama-index-core",
+    "openai",
+    "fastapi",
+    "uvicorn",
+    "onnxruntime",
+    "sqlalchemy",
+    "asyncpg",
+    "pgserver",
+)
+
 
 def environment() -> dict:
     cpu = next(
@@ -22,8 +36,11 @@ def environment() -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        # Other work on the machine when the report was written: serving figures depend on it.
+        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
         "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("citechat", "llama-index-core", "onnxruntime", "sqlalchemy", "asyncpg")},
+        "versions": {p: version(p) for p in _PACKAGES},
     }
 
 
@@ -36,11 +53,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def write(results: dict, out: Path, name: str, markdown: str) -> tuple[Path, Path]:
+    """``name``.json (the results and the environment) and ``name``.md (``markdown`` and a line on the machine)."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    json_path.write_text(json.dumps({"environment": environment(), **results}, indent=2))
-    md_path.write_text(markdown)
+    env = environment()
+    json_path.write_text(json.dumps({"environment": env, **results}, indent=2))
+    md_path.write_text(f"{markdown}\n{machine_line(env)}\n")
     return json_path, md_path
+
+
+def machine_line(env: dict) -> str:
+    load = " / ".join(f"{x:g}" for x in env["load_average_1_5_15_min"])
+    versions = ", ".join(f"{name} {v}" for name, v in env["versions"].items())
+    return (
+        f"Measured {env['date']} on {env['cores']} cores ({env['cpu']}), {env['memory_gb']} GB, load average "
+        f"{load} (1/5/15 min) at the end; Python {env['python']}, {versions}."
+    )
 
 
 def _read(path: str) -> str:

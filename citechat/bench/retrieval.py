@@ -27,11 +27,19 @@ from citechat.runtime import open_runtime
 from citechat.settings import Settings
 
 CHUNKS_PER_DOCUMENT = 100
+SIZES = [10_000, 100_000]
+
+
+def sizes(quick: bool) -> dict:
+    """``run``'s sizes: corpus sizes in chunks, distinct passages, measured queries."""
+    if quick:
+        return {"sizes": [500, 2000], "base_passages": 200, "queries": 20}
+    return {"sizes": SIZES, "base_passages": 5000, "queries": 200}
 
 
 async def run(corpus: Path, sizes: list[int], *, base_passages: int, queries: int, top_k: int = 5) -> dict:
     passages = _passages(corpus / "corpus.jsonl", base_passages)
-    questions = _queries(corpus / "queries.jsonl", queries + 10)
+    questions = _queries(corpus / "queries.jsonl", queries)
     with tempfile.TemporaryDirectory(prefix="citechat-bench-") as data_dir:
         async with open_runtime(Settings(_env_file=None, data_dir=Path(data_dir)), resume_ingestion=False) as runtime:
             index = runtime.index
@@ -56,16 +64,19 @@ async def run(corpus: Path, sizes: list[int], *, base_passages: int, queries: in
 
 
 async def _measure(index: LocalIndex, org: Organization, questions: list[str], top_k: int) -> dict:
+    """Every question once untimed, then every question timed: straight after loading, the first pass runs up
+    to 2x slower (pages of the new indexes not yet cached)."""
+    for question in questions:
+        await index.search(org, question, top_k)
     total, sql_only = [], []
-    for i, question in enumerate(questions):
+    for question in questions:
         started = time.perf_counter()
         [vector] = await index.embedder.embed([question])
         embedded = time.perf_counter()
         await index.search_vector(org, question, vector, top_k)
         done = time.perf_counter()
-        if i >= 10:  # warm-up
-            total.append((done - started) * 1000)
-            sql_only.append((done - embedded) * 1000)
+        total.append((done - started) * 1000)
+        sql_only.append((done - embedded) * 1000)
     return {
         "queries": len(total),
         "p50_ms": round(percentile(total, 50), 2),
@@ -77,7 +88,10 @@ async def _measure(index: LocalIndex, org: Organization, questions: list[str], t
 
 async def _load(runtime, org: Organization, passages, vectors: np.ndarray, *, start: int, stop: int) -> float:
     """Adds chunks ``start``..``stop`` (copies of the base passages) in documents of 100 chunks, then rebuilds the
-    indexes and statistics the way ingestion leaves them."""
+    indexes and statistics the way ingestion leaves them, and writes it all out (checkpoint).
+
+    ``documents`` is analyzed too: with the statistics of its empty table the planner expects one ready document
+    and, at 10,000 chunks, ranks every chunk by exact distance instead of using the HNSW index (39 ms, not 21)."""
     started = time.perf_counter()
     rng = np.random.default_rng(start)
     engine = runtime.database.engine
@@ -151,6 +165,8 @@ async def _load(runtime, org: Organization, passages, vectors: np.ndarray, *, st
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("VACUUM ANALYZE chunks"))
         await conn.execute(text("VACUUM ANALYZE lexicon"))
+        await conn.execute(text("VACUUM ANALYZE documents"))
+        await conn.execute(text("CHECKPOINT"))  # the load's writes reach the disk now, not while queries are timed
     return time.perf_counter() - started
 
 

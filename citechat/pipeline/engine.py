@@ -5,6 +5,13 @@ templates and the configured LLM. Two node postprocessors shape what the model s
 Strict mode's relevance threshold (no source left: the fixed refusal is answered and no model is called), and
 ``NumberSources`` puts a ``[n] document, page`` header on each passage so the answer can cite it. The extractive
 answerer reads the passages themselves, and skips condensing: it has no model to rewrite a follow-up with.
+
+Two of the engine's defaults cost every answer time for nothing here, where the history comes from the database
+and the engine lives for one request: its default ``Memory`` sets up an in-memory SQLite database (tables created
+through a worker thread) per engine, so a plain ``ChatMemoryBuffer`` holds the history instead; and the response's
+``async_response_gen`` reads tokens from a queue filled by a background task that writes the answer back to that
+memory, polling every 100 ms, so it noticed the end of each answer up to 100 ms late. That task is cancelled before
+it starts and the tokens are read from the model's stream directly (``_tokens``).
 """
 
 import asyncio
@@ -13,8 +20,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
-from llama_index.core.llms import LLM, ChatMessage
-from llama_index.core.memory import Memory
+from llama_index.core.chat_engine.types import StreamingAgentChatResponse
+from llama_index.core.llms import LLM, ChatMessage, ChatResponse
+from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
@@ -132,10 +140,10 @@ async def generate(
         system_prompt=prompts.system(mode),
         context_prompt=prompts.context,
         condense_prompt=prompts.condense,
+        # A plain buffer, made here: left to the engine, LlamaIndex fills an in-memory SQLite memory from a worker
+        # thread with an event loop of its own, one per answer, and the connection outlives that loop.
+        memory=ChatMemoryBuffer.from_defaults(llm=llm),
         skip_condense=extractive,
-        # Made here, in the running loop: left to the engine, LlamaIndex fills an in-memory SQLite memory from a
-        # worker thread with an event loop of its own, one per answer, and the connection outlives that loop.
-        memory=Memory.from_defaults(token_limit=llm.metadata.context_window - 256),
         node_postprocessors=[
             SourceGate(min_similarity=min_similarity if policy.refuses_without_relevant_source else None),
             *([_FeedPassages(llm=llm)] if extractive else []),
@@ -144,6 +152,7 @@ async def generate(
     )
     engine.telemetry = telemetry
     response = await engine.astream_chat(question, chat_history=list(history))
+    tokens = _tokens(response)
     timings = {"retrieval_ms": _ms(timed.finished - timed.started)}
     if history and not extractive:
         timings["condense_ms"] = _ms(timed.started - clock)
@@ -151,7 +160,22 @@ async def generate(
     if not sources:
         text = prompts.strict_refusal if policy.refuses_without_relevant_source else _NO_SOURCES
         return Generation(sources=[], tokens=_words(text), refused=True, timings_ms=timings)
-    return Generation(sources=sources, tokens=response.async_response_gen(), timings_ms=timings)
+    return Generation(sources=sources, tokens=tokens, timings_ms=timings)
+
+
+def _tokens(response: StreamingAgentChatResponse) -> AsyncIterator[str]:
+    """The answer's tokens straight from the model's stream. Called right after ``astream_chat`` returns, before
+    anything is awaited, so the memory-writing task it scheduled has not started and never reads the stream."""
+    if response.awrite_response_to_history_task is not None:
+        response.awrite_response_to_history_task.cancel()
+        response.awrite_response_to_history_task = None
+    return _deltas(response.achat_stream)
+
+
+async def _deltas(stream: AsyncIterator[ChatResponse]) -> AsyncIterator[str]:
+    async for chat in stream:
+        if chat.delta:
+            yield chat.delta
 
 
 _NO_SOURCES = "There are no documents to answer from yet: upload some, then ask again."

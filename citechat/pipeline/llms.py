@@ -1,5 +1,8 @@
 """The model that writes answers (``CITECHAT_LLM``): which models it serves, and a fresh LLM per request.
 
+The LLMs of one provider share one HTTP client (``LLMProvider.http``, closed with the runtime): a client of their
+own would build a TLS context (tens of ms of CPU, the CA bundle read again) and open a new connection per answer.
+
 - ``extractive`` (default, needs nothing): answers with sentences taken from the sources (``extractive.py``).
 - ``openai``: OpenAI's API with ``OPENAI_API_KEY``; the models offered are a setting (``CITECHAT_LLM_MODELS``).
 - ``openai-compatible``: any server speaking OpenAI's chat API (vLLM, Ollama, llama.cpp server) at
@@ -8,8 +11,10 @@
   used exactly like ``openai-compatible``.
 """
 
+import functools
 from dataclasses import dataclass
 
+import httpx
 from llama_index.core.llms import LLM
 from pydantic import PrivateAttr
 
@@ -31,6 +36,7 @@ class LLMProvider:
     default_model: str
     settings: Settings
     base_url: str | None = None  # where an OpenAI-compatible server listens (set for openai-compatible and local)
+    http: httpx.AsyncClient | None = None  # shared by this provider's LLMs (None for the extractive answerer)
 
     def choose(self, requested: str | None) -> str:
         model = requested or self.default_model
@@ -51,6 +57,7 @@ class LLMProvider:
                 timeout=s.llm_timeout_s,
                 max_retries=2,
                 additional_kwargs=_USAGE,
+                async_http_client=self.http,
             )
         return _metered(_openai_like_class())(
             model=model,
@@ -62,7 +69,12 @@ class LLMProvider:
             timeout=s.llm_timeout_s,
             max_retries=2,
             additional_kwargs=_USAGE,
+            async_http_client=self.http,
         )
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
 
 
 # Ask for token usage on streamed answers (LlamaIndex drops the option from calls that do not stream).
@@ -81,6 +93,7 @@ def _openai_like_class():
     return OpenAILike
 
 
+@functools.cache  # one class per base: making a pydantic model class costs milliseconds
 def _metered(base: type[LLM]) -> type[LLM]:
     """``base`` recording the token usage the provider reports on a streamed answer, in ``usage``.
 
@@ -114,18 +127,27 @@ def provider_from_settings(settings: Settings, *, local_base_url: str | None = N
     """``local_base_url``: where the local model's server listens, when ``CITECHAT_LLM=local``."""
     if settings.llm == "local":
         name = settings.local_model.stem
-        return LLMProvider("local", (name,), name, settings, base_url=local_base_url)
+        return LLMProvider("local", (name,), name, settings, base_url=local_base_url, http=_http_client())
     if settings.llm == EXTRACTIVE:
         return LLMProvider(EXTRACTIVE, (EXTRACTIVE,), EXTRACTIVE, settings)
     if settings.llm == "openai":
         if settings.openai_api_key is None:
             raise ConfigurationError("CITECHAT_LLM=openai needs OPENAI_API_KEY")
         models = tuple(settings.llm_models or ["gpt-4o", "gpt-4o-mini"])
-        return LLMProvider("openai", models, settings.llm_model or models[0], settings)
+        return LLMProvider("openai", models, settings.llm_model or models[0], settings, http=_http_client())
     if not settings.llm_base_url or not settings.llm_model:
         raise ConfigurationError("CITECHAT_LLM=openai-compatible needs CITECHAT_LLM_BASE_URL and CITECHAT_LLM_MODEL")
     models = tuple(settings.llm_models or [settings.llm_model])
-    return LLMProvider("openai-compatible", models, settings.llm_model, settings, base_url=settings.llm_base_url)
+    return LLMProvider(
+        "openai-compatible", models, settings.llm_model, settings, base_url=settings.llm_base_url, http=_http_client()
+    )
+
+
+def _http_client() -> httpx.AsyncClient:
+    """The client the OpenAI SDK would make itself (its timeouts, connection limits and redirects)."""
+    from openai import DefaultAsyncHttpxClient
+
+    return DefaultAsyncHttpxClient()
 
 
 def describe_failure(exc: Exception) -> tuple[str, bool] | None:

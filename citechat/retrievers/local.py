@@ -254,15 +254,14 @@ class LocalIndex:
         return [_node(row) for row in rows]
 
     async def check_model(self) -> None:
-        """Record the embedding model on first use; refuse to mix vectors from two models."""
+        """Record the embedding model on first use; refuse to mix vectors from two models. Two documents indexed
+        at once on a new index both find no record: the second insert yields to the first, then reads it."""
         async with self._sessions() as db, db.begin():
-            # Documents are indexed concurrently: the first ones may race to record the model, and one wins.
-            await db.execute(
-                insert(models.EmbeddingIndex)
-                .values(id=1, model=self._embedder.model_name, dimensions=self._embedder.dimensions)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
             recorded = await db.get(models.EmbeddingIndex, 1)
+            if recorded is None:
+                record = {"id": 1, "model": self._embedder.model_name, "dimensions": self._embedder.dimensions}
+                await db.execute(insert(models.EmbeddingIndex).values(record).on_conflict_do_nothing())
+                recorded = await db.get(models.EmbeddingIndex, 1)
             if recorded.model != self._embedder.model_name:
                 raise IndexMismatch(
                     f"the document index was built with {recorded.model} but {self._embedder.model_name} is "

@@ -1,0 +1,144 @@
+"""Serving overhead: what citechat adds to an answer beyond what the model and the retriever take, next to the
+floor (a bare FastAPI relay) and the peer (LlamaIndex's chat engine in-process), at 1, 16 and 64 streams at once.
+
+For each message: time to first token, and overhead = total time - the generator's own time for that message (it
+reports it per tag) - retrieval time (citechat's ``done`` event reports it; the peer's is timed around its
+retriever; the floor has none). Per run: throughput, CPU-ms per message of the serving process (psutil), database
+statements and transactions per message (SQLAlchemy events, ``queries.py``), errors.
+
+The three paths run one after another at each concurrency, so they see the same machine at nearly the same time.
+"""
+
+import math
+import time
+
+import httpx
+
+from citechat.bench.client import Sample, run_level
+from citechat.bench.paths import Citechat, Floor, Peer
+from citechat.bench.queries import QueryCounter
+from citechat.bench.report import percentile
+from citechat.bench.stack import Stack
+
+LEVELS = {1: 30, 16: 96, 64: 192}  # concurrent streams: messages sent
+QUICK_LEVELS = {1: 2, 16: 16}
+WARM_UP = 3  # messages per path before the first run, not measured
+GOAL_P95_MS = 25.0
+GOAL_FLOOR_RATIO = 1.5
+GOAL_STREAMS = 16
+
+
+async def run(stack: Stack, levels: dict[int, int], *, warm_up: int = WARM_UP) -> dict:
+    counter = QueryCounter.install()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    try:
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+            paths = [Floor(stack, http), Citechat(stack, http), Peer(stack, counter)]
+            for path in paths:
+                await path.prepare(1, warm_up)
+                await run_level(path.send, concurrency=1, messages=warm_up)
+            await http.get(f"{stack.generator.url}/bench/timings")  # forget the warm-up's
+            runs = []
+            for streams, messages in levels.items():
+                for path in paths:
+                    runs.append(await _measure(stack, http, path, streams, messages))
+    finally:
+        counter.uninstall()
+    return {
+        "pace": {
+            "first_token_ms": stack.pace.first_token_ms,
+            "tokens": stack.pace.tokens,
+            "token_ms": stack.pace.token_ms,
+        },
+        "corpus": stack.corpus,
+        "counting": "db statements and transactions: SQLAlchemy engine events in the serving process (pings excluded)",
+        "runs": runs,
+        "goals": _goals(runs),
+    }
+
+
+async def _measure(stack: Stack, http: httpx.AsyncClient, path, streams: int, messages: int) -> dict:
+    await path.prepare(streams, messages)
+    cpu, queries = path.cpu_s(), await path.queries()
+    started = time.perf_counter()
+    samples = await run_level(path.send, concurrency=streams, messages=messages)
+    wall = time.perf_counter() - started
+    cpu, queries_after = path.cpu_s() - cpu, await path.queries()
+    generator_ms = (await http.get(f"{stack.generator.url}/bench/timings")).json()
+    return _summary(path.name, streams, samples, generator_ms, wall, cpu, queries, queries_after)
+
+
+def _summary(
+    name: str,
+    streams: int,
+    samples: list[Sample],
+    generator_ms: dict[str, float],
+    wall_s: float,
+    cpu_s: float,
+    before: dict,
+    after: dict,
+) -> dict:
+    ok = [s for s in samples if s.error is None and s.ttft_ms is not None and s.tag in generator_ms]
+    errors = [s.error or "no first token or no generator timing" for s in samples if s not in ok]
+    overhead = [s.total_ms - generator_ms[s.tag] - s.retrieval_ms for s in ok]
+    n = len(samples)
+    return {
+        "path": name,
+        "streams": streams,
+        "messages": n,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "ttft_ms": _percentiles([s.ttft_ms for s in ok]),
+        "overhead_ms": _percentiles(overhead),
+        "generator_ms": _percentiles([generator_ms[s.tag] for s in ok]),
+        "retrieval_ms": _percentiles([s.retrieval_ms for s in ok]),
+        "messages_per_s": round(n / wall_s, 2),
+        "cpu_ms_per_message": round(cpu_s * 1000 / n, 1),
+        "db_statements_per_message": round((after["statements"] - before["statements"]) / n, 1),
+        "db_transactions_per_message": round((after["transactions"] - before["transactions"]) / n, 1),
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    return {f"p{q}": round(percentile(values, q), 1) for q in (50, 95, 99)}
+
+
+def _goals(runs: list[dict]) -> dict:
+    at = {(r["path"], r["streams"]): r for r in runs}
+    ours, floor = at.get(("citechat", GOAL_STREAMS)), at.get(("floor", GOAL_STREAMS))
+    if ours is None or floor is None:
+        return {}
+    p95, floor_p95 = ours["overhead_ms"]["p95"], floor["overhead_ms"]["p95"]
+    ratio = p95 / floor_p95 if floor_p95 > 0 else math.inf
+    return {
+        f"overhead_p95_ms_at_{GOAL_STREAMS}": {"value": p95, "goal": GOAL_P95_MS, "met": p95 <= GOAL_P95_MS},
+        f"overhead_p95_vs_floor_at_{GOAL_STREAMS}": {
+            "value": round(ratio, 2),
+            "goal": GOAL_FLOOR_RATIO,
+            "met": ratio <= GOAL_FLOOR_RATIO,
+        },
+    }
+
+
+def markdown(report: dict) -> str:
+    pace = report["pace"]
+    lines = [
+        f"Paced generator: first token after {pace['first_token_ms']:.0f} ms, then {pace['tokens']} tokens at "
+        f"{pace['token_ms']:.0f} ms each. Overhead = total time - generator's time - retrieval time. Index: "
+        f"{report['corpus']['documents']} documents, {report['corpus']['chunks']:,} chunks.",
+        "",
+        "| streams | path | TTFT p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | msgs/s | CPU ms/msg "
+        "| DB statements (transactions)/msg | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["runs"]:
+        t, o = r["ttft_ms"], r["overhead_ms"]
+        lines.append(
+            f"| {r['streams']} | {r['path']} | {t['p50']} / {t['p95']} / {t['p99']} | "
+            f"{o['p50']} / {o['p95']} / {o['p99']} | {r['messages_per_s']} | {r['cpu_ms_per_message']} | "
+            f"{r['db_statements_per_message']} ({r['db_transactions_per_message']}) | {r['errors']} |"
+        )
+    for name, goal in report["goals"].items():
+        lines.append("")
+        lines.append(f"Goal {name} <= {goal['goal']}: {goal['value']} ({'met' if goal['met'] else 'missed'}).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""Counting a process's database work: statements and transactions, through SQLAlchemy's engine events.
+
+pg_stat_statements needs a preload library the embedded PostgreSQL is not started with, and the totals of
+``pg_stat_database`` reach the statistics only up to seconds after a backend goes idle, so the counts are taken
+where the statements are sent. Only PostgreSQL's are counted: LlamaIndex's default chat memory keeps its messages
+in an in-memory SQLite database through SQLAlchemy too. Connection pings (``pool_pre_ping``) bypass these events
+and are not counted.
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+
+@dataclass
+class QueryCounter:
+    """Statements and transactions of every engine in this process, from ``install()`` on."""
+
+    statements: int = 0
+    transactions: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def install(cls) -> "QueryCounter":
+        counter = cls()
+        event.listen(Engine, "before_cursor_execute", counter._statement)
+        event.listen(Engine, "begin", counter._begin)
+        return counter
+
+    def uninstall(self) -> None:
+        event.remove(Engine, "before_cursor_execute", self._statement)
+        event.remove(Engine, "begin", self._begin)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"statements": self.statements, "transactions": self.transactions}
+
+    def _statement(self, conn, *args) -> None:
+        if conn.dialect.name == "postgresql":
+            with self._lock:
+                self.statements += 1
+
+    def _begin(self, conn) -> None:
+        if conn.dialect.name == "postgresql":
+            with self._lock:
+                self.transactions += 1
