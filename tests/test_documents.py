@@ -279,3 +279,22 @@ async def test_first_documents_indexed_at_once_record_the_model_once(app, db):
         ]
     finally:
         await app.state.index.adopt_model()
+
+
+def test_pdfs_parsed_from_several_threads_at_once_do_not_crash_the_process():
+    """Documents are indexed two at a time, each parsed in a worker thread; pdfium is not thread-safe. In a child
+    process, because without the lock the process dies (SIGSEGV or a heap abort), taking pytest with it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import concurrent.futures as cf\n"
+        "from tests import samples\n"
+        "from citechat.documents import formats, parsing\n"
+        "pdfs = [samples.pdf(samples.TOPICS), samples.pdf(list(reversed(samples.TOPICS)))] * 20\n"
+        "with cf.ThreadPoolExecutor(4) as pool:\n"
+        "    parsed = list(pool.map(lambda content: parsing.parse(content, formats.PDF), pdfs))\n"
+        "assert all(len(p.pages) == 4 for p in parsed)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)  # noqa: S603
+    assert child.returncode == 0, child.stderr[-2000:]

@@ -6,10 +6,17 @@ Each page keeps its physical number (1-based) and, where the PDF defines one, it
 
 import io
 import re
+import threading
 from dataclasses import dataclass
 
 from citechat.documents import formats
 from citechat.retrievers.base import IngestError
+
+
+# pdfium is not thread-safe (pypdfium2 says so; two documents parsed at once in two threads crash the process), and
+# documents are indexed concurrently: one PDF at a time per process. Parsing is a small part of indexing, and another
+# document's embedding goes on meanwhile.
+_PDFIUM = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ class Parsed:
 
 def parse(content: bytes, content_type: str) -> Parsed:
     if content_type == formats.PDF:
-        return _pdf(content)
+        with _PDFIUM:
+            return _pdf(content)
     if content_type == formats.DOCX:
         text = _docx(content)
     elif content_type == formats.HTML:
