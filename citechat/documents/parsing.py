@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from citechat.documents import formats
 from citechat.retrievers.base import IngestError
 
-
 # pdfium is not thread-safe (pypdfium2 says so; two documents parsed at once in two threads crash the process), and
 # documents are indexed concurrently: one PDF at a time per process. Parsing is a small part of indexing, and another
 # document's embedding goes on meanwhile.

@@ -5,17 +5,10 @@ matplotlib with its Agg backend: no display, no torch. Only figures on a 0-1 sca
 
 from pathlib import Path
 
+from citechat.evaluation.scoring import ANSWER_SCORES
+
 RETRIEVAL = ("hit@1", "hit@5", "mrr@10", "ndcg@10", "recall@10")
-ANSWERS = (
-    "token_f1",
-    "answer_recall",
-    "citation_precision",
-    "citation_recall",
-    "page_accuracy",
-    "faithfulness",
-    "faithfulness_judge",
-    "refusal_accuracy",
-)
+ANSWERS = tuple(m for m in ANSWER_SCORES if m != "exact_match")  # a quoting answerer never matches exactly
 
 
 def draw(results: dict, path: Path) -> None:

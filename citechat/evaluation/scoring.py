@@ -13,19 +13,18 @@ from citechat.evaluation import answers
 from citechat.evaluation.metrics import hit_at_k, mean, mrr_at_k, ndcg_at_k, recall_at_k
 
 _RANKING = re.compile(r"^(hit|recall|mrr|ndcg)@\d+$")
-HIGHER_IS_BETTER = frozenset(
-    {
-        "token_f1",
-        "exact_match",
-        "answer_recall",
-        "citation_precision",
-        "citation_recall",
-        "page_accuracy",
-        "faithfulness",
-        "faithfulness_judge",
-        "refusal_accuracy",
-    }
+ANSWER_SCORES = (  # 0-1, higher is better, in the order reports show them
+    "token_f1",
+    "exact_match",
+    "answer_recall",
+    "citation_precision",
+    "citation_recall",
+    "page_accuracy",
+    "faithfulness",
+    "faithfulness_judge",
+    "refusal_accuracy",
 )
+HIGHER_IS_BETTER = frozenset(ANSWER_SCORES)
 LOWER_IS_BETTER = frozenset({"invalid_markers", "unsupported_citations", "false_refusal_rate", "failure_rate"})
 COST = frozenset({"tokens_per_answer", "prompt_tokens", "completion_tokens", "cost_per_answer_usd", "cost_total_usd"})
 COUNTS = frozenset({"questions", "answers", "unanswerable"})
