@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     embedding_threads: int = Field(default=2, ge=1, description="CPU threads of the offline embedding model.")
     chunk_size: int = Field(default=200, ge=32, le=2048, description="Target chunk length in tokens.")
-    chunk_overlap: int = Field(default=30, ge=0, le=512, description="Tokens shared by neighbouring chunks.")
+    chunk_overlap: int = Field(default=0, ge=0, le=512, description="Tokens shared by neighbouring chunks.")
     ratelimit_user_per_hour: int = Field(default=50, ge=1, description="Messages one user may send per rolling hour.")
     ratelimit_org_per_day: int = Field(
         default=1000, ge=1, description="Messages one organization may send per rolling day."

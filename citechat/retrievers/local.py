@@ -140,7 +140,7 @@ class LocalIndex:
         embedder: Embedder,
         *,
         chunk_size: int = 200,
-        chunk_overlap: int = 30,
+        chunk_overlap: int = 0,
     ) -> None:
         self._sessions, self._embedder = sessions, embedder
         self._chunk_size, self._chunk_overlap = chunk_size, chunk_overlap
