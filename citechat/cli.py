@@ -337,11 +337,22 @@ def bench_ingest(
     typer.echo(table)
 
 
-def _serving_documents(quick: bool, folder: Path, count: int) -> list[Path] | None:
-    """The documents the serving benchmarks index: ``count`` PDFs of ``folder``, or (quick, or no such folder)
-    None for the built-in text."""
+def _serving_bench(name: str, quick: bool, folder: Path, count: int, out: Path, measure) -> None:
+    """Runs ``measure(stack)`` on the serving stack (``count`` PDFs of ``folder`` indexed, or, quick or without
+    that folder, the built-in text) and writes and prints its report ``name``."""
+    from citechat.bench import report
+    from citechat.bench.stack import QUICK_PACE, open_stack
+
     files = sorted(folder.glob("*.pdf"))[:count]
-    return None if quick or not files else files
+
+    async def run() -> tuple[dict, str]:
+        async with open_stack(None if quick or not files else files, QUICK_PACE if quick else None) as stack:
+            return await measure(stack)
+
+    logging.config.dictConfig(logging_config("warning"))
+    results, table = asyncio.run(run())
+    report.write(results, out, name, table)
+    typer.echo(table)
 
 
 @bench_app.command("overhead")
@@ -354,20 +365,16 @@ def bench_overhead(
     out: Annotated[Path, typer.Option(help="Where to write overhead.json and overhead.md.")] = Path("bench-results"),
 ) -> None:
     """Serving overhead at 1, 16 and 64 streams: citechat next to a bare FastAPI relay and LlamaIndex in-process."""
-    from citechat.bench import overhead, report
-    from citechat.bench.stack import QUICK_PACE, open_stack
+    from citechat.bench import overhead
 
-    async def run() -> dict:
-        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
-            if quick:
-                return await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
-            return await overhead.run(stack, overhead.LEVELS)
+    async def measure(stack) -> tuple[dict, str]:
+        if quick:
+            results = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+        else:
+            results = await overhead.run(stack, overhead.LEVELS)
+        return results, overhead.markdown(results)
 
-    logging.config.dictConfig(logging_config("warning"))
-    results = asyncio.run(run())
-    table = overhead.markdown(results)
-    report.write(results, out, "overhead", table)
-    typer.echo(table)
+    _serving_bench("overhead", quick, folder, documents, out, measure)
 
 
 @bench_app.command("memory")
@@ -379,18 +386,13 @@ def bench_memory(
     out: Annotated[Path, typer.Option(help="Where to write memory.json and memory.md.")] = Path("bench-results"),
 ) -> None:
     """Resident size of the server idle and at its peak under concurrent streams."""
-    from citechat.bench import memory, report
-    from citechat.bench.stack import QUICK_PACE, open_stack
+    from citechat.bench import memory
 
-    async def run() -> dict:
-        async with open_stack(_serving_documents(quick, folder, documents), QUICK_PACE if quick else None) as stack:
-            return await memory.run(stack, streams or (16 if quick else 64))
+    async def measure(stack) -> tuple[dict, str]:
+        results = await memory.run(stack, streams or (16 if quick else 64))
+        return results, memory.markdown(results)
 
-    logging.config.dictConfig(logging_config("warning"))
-    results = asyncio.run(run())
-    table = memory.markdown(results)
-    report.write(results, out, "memory", table)
-    typer.echo(table)
+    _serving_bench("memory", quick, folder, documents, out, measure)
 
 
 @bench_app.command("all")

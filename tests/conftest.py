@@ -64,6 +64,18 @@ def derive(settings: Settings, **changes: object) -> Settings:
     return Settings(_env_file=None, **(settings.model_dump() | changes))
 
 
+def answered_by(settings: Settings, standin, model: str = "standin-model", **changes: object) -> Settings:
+    """The given settings with answers written by an OpenAI stand-in (``CITECHAT_LLM=openai-compatible``)."""
+    return derive(
+        settings,
+        llm="openai-compatible",
+        llm_base_url=standin.base_url,
+        llm_model=model,
+        llm_api_key=standin.api_key,
+        **changes,
+    )
+
+
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from citechat.api.app import create_app
-from tests.conftest import client_for, derive
+from tests.conftest import answered_by, client_for, derive
 from tests.standins.openai import OpenAIStandIn
 from tests.test_chat_messages import new_conversation
 
@@ -24,13 +24,7 @@ def model_server() -> Iterator[OpenAIStandIn]:
 @pytest.fixture
 async def llm_client(settings, model_server) -> AsyncIterator:
     model_server.reset()
-    configured = derive(
-        settings,
-        llm="openai-compatible",
-        llm_base_url=model_server.base_url,
-        llm_model="standin-model",
-        llm_api_key=KEY,
-    )
+    configured = answered_by(settings, model_server)
     async with client_for(create_app(configured)) as client:
         yield client
 
@@ -152,14 +146,7 @@ async def test_openai_provider_and_model_choice(settings, model_server, identity
 async def test_a_model_that_does_not_answer_times_out(settings, model_server, identity):
     model_server.reset()
     model_server.delay_s = 3
-    configured = derive(
-        settings,
-        llm="openai-compatible",
-        llm_base_url=model_server.base_url,
-        llm_model="standin-model",
-        llm_api_key=KEY,
-        llm_timeout_s=0.3,
-    )
+    configured = answered_by(settings, model_server, llm_timeout_s=0.3)
     async with client_for(create_app(configured)) as client:
         headers, session = await new_conversation(client, identity)
         response = await client.post(
@@ -186,13 +173,7 @@ async def test_an_answer_outlives_its_listener(settings, model_server, identity)
 
     model_server.reset()
     model_server.stream_delay_s = 0.1  # per word: the answer takes about 0.6 s to write
-    configured = derive(
-        settings,
-        llm="openai-compatible",
-        llm_base_url=model_server.base_url,
-        llm_model="standin-model",
-        llm_api_key=KEY,
-    )
+    configured = answered_by(settings, model_server)
     application = create_app(configured)
     async with client_for(application) as client:
         headers, session = await new_conversation(client, identity)

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from citechat.api.app import create_app
 from citechat.db.embedded import EmbeddedPostgres
-from tests.conftest import client_for, derive
+from tests.conftest import answered_by, client_for, derive
 from tests.standins.openai import OpenAIStandIn
 from tests.standins.server import BackgroundServer
 from tests.test_chat_messages import new_conversation, parse_sse, stream_question
@@ -30,17 +30,6 @@ ANSWER = " ".join(f"word{i}" for i in range(1, 31)) + " [1]."  # 31 words: ~1.5 
 def model_server() -> Iterator[OpenAIStandIn]:
     with OpenAIStandIn(api_key=KEY, models=("standin-model",)) as server:
         yield server
-
-
-def with_model(settings, model_server, **changes):
-    return derive(
-        settings,
-        llm="openai-compatible",
-        llm_base_url=model_server.base_url,
-        llm_model="standin-model",
-        llm_api_key=KEY,
-        **changes,
-    )
 
 
 @asynccontextmanager
@@ -61,7 +50,7 @@ async def served(settings, model_server) -> AsyncIterator[httpx.AsyncClient]:
     model_server.reset()
     model_server.answer_fn = lambda body: ANSWER if "Standalone question" not in json.dumps(body) else "glacier?"
     model_server.stream_delay_s = 0.05
-    async with live(with_model(settings, model_server)) as client:
+    async with live(answered_by(settings, model_server)) as client:
         yield client
 
 
@@ -130,7 +119,7 @@ async def test_another_worker_follows_and_stops_the_answer(served, settings, mod
     _response, events = await start_streaming(client, headers, session)
     message_id = (await anext(events))[2]["assistant_message_id"]
 
-    async with live(with_model(settings, model_server)) as other:
+    async with live(answered_by(settings, model_server)) as other:
         follower = await other.send(
             other.build_request("GET", f"{API}/message/{message_id}/stream", headers=headers), stream=True
         )
@@ -306,7 +295,7 @@ async def test_database_restart_gives_503_then_recovers_and_the_answer_is_saved(
     model_server.answer_fn = lambda body: ANSWER
     model_server.stream_delay_s = 0.1  # ~3 s of writing: the restart happens inside it
     try:
-        async with live(with_model(settings, model_server, database_url=url)) as client:
+        async with live(answered_by(settings, model_server, database_url=url)) as client:
             headers, session = await new_conversation(client, identity)
             _response, events = await start_streaming(client, headers, session)
             message_id = (await anext(events))[2]["assistant_message_id"]

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from citechat.api.app import create_app
 from citechat.pipeline.pricing import cost_usd
 from citechat.telemetry.setup import Exporters
-from tests.conftest import client_for, derive
+from tests.conftest import answered_by, client_for
 from tests.standins.openai import OpenAIStandIn
 from tests.test_chat_messages import new_conversation, parse_sse
 
@@ -68,10 +68,7 @@ def tracing(app, settings, model_server):
     model_server.reset()
 
     async def make(**changes) -> AsyncIterator[Traced]:
-        configured = derive(
-            settings, llm="openai-compatible", llm_base_url=model_server.base_url, llm_model=MODEL, llm_api_key=KEY
-        )
-        configured = derive(configured, **changes)
+        configured = answered_by(settings, model_server, MODEL, **changes)
         spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
         app = create_app(configured, exporters=Exporters(span_exporters=(spans,), metric_readers=(metrics,)))
         async with client_for(app) as client:

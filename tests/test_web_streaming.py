@@ -11,7 +11,7 @@ from playwright.sync_api import Locator, Route, expect
 
 from tests import samples
 from tests.browser import Identity, WatchedPage, ask, live_citechat
-from tests.conftest import derive
+from tests.conftest import answered_by
 from tests.standins.openai import OpenAIStandIn
 
 KEY = "standin-key-0123456789"
@@ -30,9 +30,7 @@ def model() -> Iterator[OpenAIStandIn]:
 
 @pytest.fixture(scope="module")
 def base_url(settings, model) -> Iterator[str]:
-    configured = derive(
-        settings, llm="openai-compatible", llm_base_url=model.base_url, llm_model="standin-model", llm_api_key=KEY
-    )
+    configured = answered_by(settings, model)
     with live_citechat(configured) as url:
         yield url
 

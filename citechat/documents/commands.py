@@ -53,6 +53,26 @@ async def organization(runtime: Runtime, external_id: str) -> Organization:
     return Organization(org_id, external_id)
 
 
+async def upload(
+    runtime: Runtime, org: Organization, *, filename: str, content: bytes, name: str, metadata: dict | None
+) -> service.Accepted:
+    """Accepts a file as the API does (same size limit, same deduplication) and submits it for indexing when new."""
+    async with runtime.database.sessions() as db:
+        accepted = await service.accept_upload(
+            db,
+            org,
+            runtime.index,
+            filename=filename,
+            content=content,
+            name=name,
+            metadata=metadata,
+            max_bytes=int(runtime.settings.max_upload_mb * 2**20),
+        )
+    if accepted.created:
+        runtime.ingestion.submit(accepted.document.id)
+    return accepted
+
+
 async def ingest_files(
     runtime: Runtime, org: Organization, files: list[Path], on_done: Callable[[Path, models.Document | None], None]
 ) -> IngestReport:
@@ -61,24 +81,20 @@ async def ingest_files(
     pending: dict[uuid.UUID, Path] = {}
     for path in files:
         try:
-            async with runtime.database.sessions() as db:
-                accepted = await service.accept_upload(
-                    db,
-                    org,
-                    runtime.index,
-                    filename=path.name,
-                    content=path.read_bytes(),
-                    name=path.name,
-                    metadata={"source_path": str(path)},
-                    max_bytes=int(runtime.settings.max_upload_mb * 2**20),
-                )
+            accepted = await upload(
+                runtime,
+                org,
+                filename=path.name,
+                content=path.read_bytes(),
+                name=path.name,
+                metadata={"source_path": str(path)},
+            )
         except CitechatError as exc:
             report.failures.append((str(path), exc.detail))
             on_done(path, None)
             continue
         if accepted.created:
             pending[accepted.document.id] = path
-            runtime.ingestion.submit(accepted.document.id)
         else:
             report.skipped += 1
             on_done(path, accepted.document)

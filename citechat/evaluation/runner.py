@@ -24,7 +24,7 @@ from citechat.auth.service import Principal, provision
 from citechat.chat import models as chat_models
 from citechat.chat import schemas
 from citechat.chat import service as chat_service
-from citechat.documents import commands, models, service
+from citechat.documents import commands, models
 from citechat.errors import CitechatError
 from citechat.evaluation import scoring
 from citechat.evaluation.answers import source_pages
@@ -141,24 +141,21 @@ async def _index(runtime: Runtime, org: Organization, dataset: Dataset, track: T
     step, pending, keys, failed = track("indexing", len(dataset.documents)), {}, {}, []
     for document in dataset.documents:
         try:
-            async with runtime.database.sessions() as db:
-                accepted = await service.accept_upload(
-                    db,
-                    org,
-                    runtime.index,
-                    filename=document.filename,
-                    content=document.read(),
-                    name=document.name,
-                    metadata=document.metadata or None,
-                    max_bytes=int(runtime.settings.max_upload_mb * 2**20),
-                )
+            accepted = await commands.upload(
+                runtime,
+                org,
+                filename=document.filename,
+                content=document.read(),
+                name=document.name,
+                metadata=document.metadata or None,
+            )
         except CitechatError as exc:
             failed.append({"document": document.key, "error": exc.detail})
             step()
             continue
         pending.setdefault(accepted.document.id, []).append(document.key)
         if accepted.created:
-            runtime.ingestion.submit(accepted.document.id).add_done_callback(lambda _: step())
+            runtime.ingestion.submit(accepted.document.id).add_done_callback(lambda _: step())  # the running task
         else:
             step()
     await runtime.ingestion.wait(list(pending))
