@@ -56,12 +56,13 @@ async def open_runtime(
         stack.push_async_callback(llms.aclose)
         answering = Answering(
             sessions=database.sessions,
+            autocommit=database.autocommit,
             index=index,
             llms=llms,
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
-            limits=rate_limits_from_settings(settings, database.sessions),
+            limits=rate_limits_from_settings(settings, database.autocommit),
             retrieval_timeout_s=settings.retrieval_timeout_s,
             worker_id=lease.id,
             telemetry=telemetry,

@@ -187,19 +187,25 @@ async def test_quiet_streams_get_heartbeats(monkeypatch):
     """While nothing happens (a slow model), the stream sends comment lines so proxies keep it open."""
     import asyncio
 
-    from citechat.chat import message_routes
+    from citechat.chat import message_routes, streams
     from citechat.chat.answering import Event
 
-    monkeypatch.setattr(message_routes, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(streams, "HEARTBEAT_S", 0.05)
+    stream = streams.AnswerStream()
+    stream.publish(Event("user_message", {"n": 1}))
 
-    async def slow():
-        yield 1, Event("user_message", {"n": 1})
+    async def slow_model():
         await asyncio.sleep(0.18)
-        yield 2, Event("done", {"n": 2})
+        stream.publish(Event("token", {"delta": "ok"}))
+        stream.publish(Event("done", {"n": 2}))
+        stream.finish()
 
-    lines = [chunk async for chunk in message_routes._sse(slow())]
-    assert lines[0].startswith("id: 1\nevent: user_message\n")
+    writing = asyncio.create_task(slow_model())
+    lines = [chunk async for chunk in message_routes._sse(stream.follow())]
+    await writing
+    assert lines[0].startswith("id: 0\nevent: user_message\n")
     assert 2 <= lines.count(": heartbeat\n\n") <= 4
+    assert lines[-2].startswith("id: 2\nevent: token\n")
     assert lines[-1].startswith("id: 2\nevent: done\n")
 
 

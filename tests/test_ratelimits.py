@@ -35,7 +35,7 @@ async def consume_all(limits: RateLimits, who: Principal, n: int) -> tuple[int, 
 
 
 async def test_postgres_window_is_exact_under_concurrency(app):
-    limits = RateLimits(PostgresStorage(app.state.database.sessions), per_user_per_hour=50, per_org_per_day=1000)
+    limits = RateLimits(PostgresStorage(app.state.database.autocommit), per_user_per_hour=50, per_org_per_day=1000)
     who = principal()
     assert await consume_all(limits, who, 60) == (50, 10)
     user, organization = await limits.status(who)
@@ -43,7 +43,7 @@ async def test_postgres_window_is_exact_under_concurrency(app):
 
 
 async def test_organization_quota_spent_does_not_spend_the_users(app):
-    limits = RateLimits(PostgresStorage(app.state.database.sessions), per_user_per_hour=5, per_org_per_day=3)
+    limits = RateLimits(PostgresStorage(app.state.database.autocommit), per_user_per_hour=5, per_org_per_day=3)
     alice = principal()
     bob = Principal(uuid.uuid4(), alice.organization_id, "bob", alice.organization)
     assert await consume_all(limits, alice, 3) == (3, 0)

@@ -90,7 +90,7 @@ async def test_any_worker_streams_any_answer(two_workers, model_server):
             )
         for seen, follower in zip((0, 0, 5, 5, 12, 12), followers, strict=True):
             events = parse_sse(follower.text)
-            assert events[0][1] == "sources" and events[-1][1] == "done"
+            assert events[0][1] == "sources" and events[-1][1] == "done", events[-1]
             streamed = "".join(data["delta"] for _, name, data in events if name == "token")
             assert ANSWER[seen:].startswith(streamed) and events[-1][2]["content"] == ANSWER
     model_server.stream_delay_s = 0

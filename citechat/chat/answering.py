@@ -13,12 +13,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
-from sqlalchemy import delete, select, update
+from sqlalchemy import Boolean, Float, Integer, cast, column, delete, insert, select, true, update, values
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -61,18 +62,24 @@ class Turn:
     mode: ResponseMode
     model: str
     history: list[LLMMessage]
+    metadata: dict  # the answer's ``message_metadata`` as begun (mode, attempt); completed with timings etc.
     quota: Quota | None = None  # the tighter quota once this message was counted (or not: retrying a failure)
     started: float = field(default_factory=time.perf_counter)
     text: str = ""  # streamed so far (persisted by the stream's flusher)
+    sources: list[models.ChatSource] = field(default_factory=list)  # as saved, in citation order
     stop_requested: bool = False  # the user asked to stop: end "stopped", keeping the text
     finishing: bool = False  # the final write has begun: too late to stop
 
 
 @dataclass(frozen=True)
 class Answering:
-    """What answering needs from the process (built once in the lifespan)."""
+    """What answering needs from the process (built once in the lifespan).
+
+    ``autocommit`` sessions serve the writes made in one statement (sources, progress, the final write): an answer
+    sends a dozen statements or so, and BEGIN/COMMIT round trips around each would double that."""
 
     sessions: async_sessionmaker[AsyncSession]
+    autocommit: async_sessionmaker[AsyncSession]
     index: IndexBackend
     llms: LLMProvider
     prompts: PromptStore
@@ -85,7 +92,7 @@ class Answering:
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
-        async with self.sessions() as db:  # refusals first, so they cost no quota
+        async with self.autocommit() as db:  # refusals first, so they cost no quota
             await self._writable_session(db, principal, session_id)
         # Counted between two transactions, never inside one: a request holding a pooled connection while the
         # quota store waits for another would starve the pool under a burst.
@@ -95,16 +102,24 @@ class Answering:
             mode = ResponseMode(request.mode or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages)
             question = request.question
-            user = models.ChatMessage(session_id=session_id, role="user", content=question, status="completed")
-            db.add(user)
-            await db.flush()
-            assistant = self._new_answer(session_id, mode, model)
-            db.add(assistant)
+            asked = utcnow()
+            user = models.ChatMessage(
+                id=uuid.uuid4(),
+                session_id=session_id,
+                role="user",
+                content=question,
+                status="completed",
+                created_at=asked,
+                updated_at=asked,
+            )
+            assistant = self._new_answer(session_id, mode, model, after=asked)
+            db.add_all([user, assistant])  # one INSERT: ids and times are set here, nothing is read back
             if session.title == NEW_SESSION_TITLE:
                 session.title = question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
-            session.last_message_at = utcnow()
+            session.last_message_at = asked
             await db.commit()
-            return Turn(principal, session_id, user, assistant.id, question, mode, model, history, quota)
+            metadata = assistant.message_metadata
+            return Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
@@ -126,12 +141,13 @@ class Answering:
                 setattr(assistant, column, getattr(fresh, column))
             attempt = (assistant.message_metadata or {}).get("attempt", 1) + 1
             assistant.message_metadata = fresh.message_metadata | {"attempt": attempt}
+            metadata = assistant.message_metadata
             for column in ("error_message", "error_details", "processing_time_ms", "tokens_prompt"):
                 setattr(assistant, column, None)
             assistant.tokens_completion = assistant.tokens_total = None
             session.last_message_at = utcnow()
             await db.commit()
-            return Turn(principal, session_id, user, message_id, user.content, mode, model, history, quota)
+            return Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
 
     async def _count(self, principal: Principal) -> Quota:
         try:
@@ -166,35 +182,46 @@ class Answering:
     async def _writable_session(
         self, db: AsyncSession, principal: Principal, session_id: uuid.UUID
     ) -> models.ChatSession:
-        """The caller's session, locked until commit so two sends cannot both pass the checks below."""
-        session = await db.scalar(
-            select(models.ChatSession)
-            .where(
-                models.ChatSession.id == session_id,
-                models.ChatSession.user_id == principal.user_id,
-                models.ChatSession.organization_id == principal.organization_id,
-            )
-            .with_for_update()
-        )
-        if session is None:
-            raise NotFound("chat session not found")
-        if session.is_archived:
-            raise Conflict("this chat session is archived and read-only")
+        """The caller's session, locked until commit so two sends cannot both pass the checks below; read with the
+        answer in flight in it, if any, in one statement."""
+        message = models.ChatMessage
         busy = (
+            select(message.id, message.worker_id)
+            .where(message.session_id == models.ChatSession.id, message.status.in_(IN_FLIGHT))
+            .limit(1)
+            .lateral("busy")
+        )
+        found = (
             await db.execute(
-                select(models.ChatMessage.id, models.ChatMessage.worker_id).where(
-                    models.ChatMessage.session_id == session_id, models.ChatMessage.status.in_(IN_FLIGHT)
+                select(models.ChatSession, busy.c.id, busy.c.worker_id)
+                .outerjoin(busy, true())
+                .where(
+                    models.ChatSession.id == session_id,
+                    models.ChatSession.user_id == principal.user_id,
+                    models.ChatSession.organization_id == principal.organization_id,
                 )
+                .with_for_update(of=models.ChatSession)
             )
         ).first()
-        if busy is not None:
-            if not await workers.is_dead(db, busy.worker_id):
+        if found is None:
+            raise NotFound("chat session not found")
+        session, busy_id, busy_worker = found
+        if session.is_archived:
+            raise Conflict("this chat session is archived and read-only")
+        if busy_id is not None:
+            if not await workers.is_dead(db, busy_worker):
                 raise Conflict("an answer is still being written in this session; wait for it or stop it")
-            await workers.fail_orphan(db, busy.id)  # its process is gone: it will never finish
+            await workers.fail_orphan(db, busy_id)  # its process is gone: it will never finish
         return session
 
-    def _new_answer(self, session_id: uuid.UUID, mode: ResponseMode, model: str) -> models.ChatMessage:
+    def _new_answer(
+        self, session_id: uuid.UUID, mode: ResponseMode, model: str, *, after: datetime | None = None
+    ) -> models.ChatMessage:
+        """A pending answer; ``after``: its question's time (the answer is a microsecond later, so it sorts after)."""
+        times = {} if after is None else dict.fromkeys(("created_at", "updated_at"), after + timedelta(microseconds=1))
         return models.ChatMessage(
+            id=uuid.uuid4(),
+            **times,
             session_id=session_id,
             role="assistant",
             content="",
@@ -229,8 +256,8 @@ class Answering:
                 telemetry=self.telemetry,
             )
             timings |= generation.timings_ms
-            sources = await self._save_sources(turn, generation.sources)
-            yield Event("sources", {"sources": [source_json(s) for s in sources]})
+            turn.sources = await self._save_sources(turn, generation.sources)
+            yield Event("sources", {"sources": [source_json(s) for s in turn.sources]})
             stage, first_token = "generation", None
             async for delta in generation.tokens:
                 first_token = first_token or time.perf_counter()
@@ -278,13 +305,19 @@ class Answering:
         return self.index.name if stage == "retrieval" else self.llms.name
 
     async def _save_sources(self, turn: Turn, nodes: list[NodeWithScore]) -> list[models.ChatSource]:
-        async with self.sessions() as db:
-            rows = [_source_row(turn.assistant_id, rank, node) for rank, node in enumerate(nodes, 1)]
-            db.add_all(rows)
-            assistant = await db.get(models.ChatMessage, turn.assistant_id)
-            assistant.status = "streaming"
-            await db.commit()
-            return rows
+        """Saves the sources and marks the answer ``streaming``, in one statement."""
+        rows = [_source_row(turn.assistant_id, rank, node) for rank, node in enumerate(nodes, 1)]
+        streaming = (
+            update(models.ChatMessage)
+            .where(models.ChatMessage.id == turn.assistant_id, models.ChatMessage.status == "pending")
+            .values(status="streaming", updated_at=utcnow())  # set here: onupdate defaults skip CTE statements
+        )
+        if rows:
+            saved = insert(models.ChatSource).values([_columns(row) for row in rows])
+            streaming = streaming.add_cte(saved.returning(models.ChatSource.id).cte("saved_sources"))
+        async with self.autocommit() as db:
+            await db.execute(streaming)
+        return rows
 
     async def _complete(
         self,
@@ -295,44 +328,54 @@ class Answering:
         refused: bool,
         usage: dict,
     ) -> dict:
-        async with self.sessions() as db:
-            assistant = await db.scalar(
-                select(models.ChatMessage)
-                .where(models.ChatMessage.id == turn.assistant_id)
-                .options(selectinload(models.ChatMessage.sources))
+        """Writes the answer, its citation checks and its sources' verdicts in one statement; returns it as the API
+        shows it."""
+        checks = {check.number: check for check in report.sources}
+        for source in turn.sources:
+            check = checks.get(source.rank)
+            source.cited, source.support = bool(check and check.cited), check.support if check else None
+        if usage:  # as the provider reports it
+            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        else:  # counted (tiktoken, with the encoding LlamaIndex ships): the extractive answerer has no tokens
+            prompt, completion = 0, len(get_tokenizer()(report.text))
+        metadata = turn.metadata | {
+            "timings": timings,
+            "prompt_version": prompt_version,
+            "extractive": self.llms.name == EXTRACTIVE,
+            "refused": refused,
+            "citations": {
+                "removed_markers": list(report.removed_markers),
+                "unsupported_sentences": len(report.unsupported),
+                "sentences": [
+                    {"text": s.text, "sources": list(s.sources), "support": s.support, "supported": s.supported}
+                    for s in report.sentences
+                    if s.sources
+                ],
+            },
+        }
+        row = models.ChatMessage
+        completed = (
+            update(row)
+            .where(row.id == turn.assistant_id)
+            .values(
+                content=report.text,
+                status="completed",
+                tokens_prompt=prompt,
+                tokens_completion=completion,
+                tokens_total=prompt + completion,
+                processing_time_ms=_ms(turn.started),
+                message_metadata=metadata,
+                updated_at=utcnow(),
             )
-            checks = {check.number: check for check in report.sources}
-            for source in assistant.sources:
-                check = checks.get(source.rank)
-                source.cited = bool(check and check.cited)
-                source.support = check.support if check else None
-            if usage:  # as the provider reports it
-                prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            else:  # counted (tiktoken, with the encoding LlamaIndex ships): the extractive answerer has no tokens
-                prompt, completion = 0, len(get_tokenizer()(report.text))
-            assistant.content = report.text
-            assistant.status = "completed"
-            assistant.tokens_prompt, assistant.tokens_completion = prompt, completion
-            assistant.tokens_total = prompt + completion
-            assistant.processing_time_ms = int((time.perf_counter() - turn.started) * 1000)
-            assistant.message_metadata = {
-                **(assistant.message_metadata or {}),
-                "timings": timings,
-                "prompt_version": prompt_version,
-                "extractive": self.llms.name == EXTRACTIVE,
-                "refused": refused,
-                "citations": {
-                    "removed_markers": list(report.removed_markers),
-                    "unsupported_sentences": len(report.unsupported),
-                    "sentences": [
-                        {"text": s.text, "sources": list(s.sources), "support": s.support, "supported": s.supported}
-                        for s in report.sentences
-                        if s.sources
-                    ],
-                },
-            }
-            await db.commit()
-            return message_json(assistant, sorted(assistant.sources, key=lambda s: s.rank or 0))
+            .returning(row)
+        )
+        if turn.sources:
+            completed = completed.add_cte(_verdicts(turn.assistant_id, turn.sources).cte("verdicts"))
+        async with self.autocommit() as db:
+            message = await db.scalar(completed, execution_options={"populate_existing": True})
+        if message is None:
+            raise NotFound("the answer was deleted while it was being written")
+        return message_json(message, turn.sources)
 
     async def _fail(self, turn: Turn, detail: str, details: dict) -> None:
         """Failed, keeping what was streamed before the failure."""
@@ -347,7 +390,7 @@ class Answering:
             )
 
     async def _end(self, turn: Turn, status: str, **values) -> None:
-        async with self.sessions() as db, db.begin():
+        async with self.autocommit() as db:
             await db.execute(
                 update(models.ChatMessage)
                 .where(
@@ -388,6 +431,8 @@ def _source_row(message_id: uuid.UUID, rank: int, node: NodeWithScore) -> models
     meta = node.node.metadata
     return models.ChatSource(
         id=uuid.uuid4(),
+        created_at=utcnow(),
+        cited=False,
         message_id=message_id,
         ragie_document_id=meta["document_id"],
         ragie_chunk_id=meta.get("chunk_id"),
@@ -399,6 +444,24 @@ def _source_row(message_id: uuid.UUID, rank: int, node: NodeWithScore) -> models
         relevance_score=node.score,
         rank=rank,
         source_metadata={k: meta[k] for k in ("backend", "similarity") if meta.get(k) is not None},
+    )
+
+
+def _columns(source: models.ChatSource) -> dict:
+    return {column.key: getattr(source, column.key) for column in models.ChatSource.__table__.columns}
+
+
+def _verdicts(message_id: uuid.UUID, sources: list[models.ChatSource]):
+    """UPDATE of the sources' ``cited`` and ``support`` from the citation check (one statement for all of them)."""
+    checked = values(column("rank", Integer), column("cited", Boolean), column("support", Float), name="checked").data(
+        [(s.rank, s.cited, s.support) for s in sources]
+    )
+    table = models.ChatSource
+    return (
+        update(table)
+        .where(table.message_id == message_id, table.rank == checked.c.rank)
+        .values(cited=cast(checked.c.cited, Boolean), support=cast(checked.c.support, Float))  # typed, even if NULL
+        .returning(table.id)
     )
 
 

@@ -1,6 +1,5 @@
 """``/api/v1/chat/message``: ask in a session (one JSON answer or Server-Sent Events), follow, stop and retry."""
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,10 +12,10 @@ from citechat.api.dependencies import CurrentPrincipal, DbSession
 from citechat.api.errors import error_responses
 from citechat.chat import schemas, service
 from citechat.chat.answering import Event, Turn
+from citechat.chat.streams import HEARTBEAT
 from citechat.errors import CitechatError
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"], responses=error_responses(401, 403, 404, 409, 503))
-HEARTBEAT_S = 15.0
 SessionId = Annotated[uuid.UUID, Query(description="The chat session to ask in.")]
 _NO_CACHE = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _EVENTS = "user_message (with assistant_message_id), sources, token*, done|error; each id = characters so far"
@@ -120,20 +119,9 @@ def _quota_headers(turn: Turn) -> dict[str, str]:
 
 
 async def _sse(events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[str]:
-    """Each event with its id (characters of the answer so far), and a comment line when nothing was sent for
-    ``HEARTBEAT_S``."""
-    pending = asyncio.ensure_future(anext(events))
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
-            if not done:
-                yield ": heartbeat\n\n"
-                continue
-            try:
-                number, event = pending.result()
-            except StopAsyncIteration:
-                return
+    """Each event with its id (characters of the answer so far); a heartbeat is a comment line."""
+    async for number, event in events:
+        if event is HEARTBEAT:
+            yield ": heartbeat\n\n"
+        else:
             yield f"id: {number}\nevent: {event.name}\ndata: {json.dumps(event.data)}\n\n"
-            pending = asyncio.ensure_future(anext(events))
-    finally:
-        pending.cancel()

@@ -31,8 +31,15 @@ ORPHAN_CHECK_S = 5.0  # how long such a listener waits for progress before check
 STOP_WAIT_S = 2.0  # how long a stop asked on another worker waits for the writer to save its last text
 
 
+HEARTBEAT = Event("heartbeat", {})  # what a listener gets after ``HEARTBEAT_S`` without news (SSE: a comment)
+HEARTBEAT_S = 15.0
+
+
 class AnswerStream:
-    """One answer being written in this process: the question, sources, text so far, and how it ended."""
+    """One answer being written in this process: the question, sources, text so far, and how it ended.
+
+    Listeners wait on an ``asyncio.Event`` that each change sets and replaces: waking them costs one call per
+    change, and a listener that was busy while several tokens arrived gets them as one piece."""
 
     def __init__(self) -> None:
         self.question: Event | None = None
@@ -40,54 +47,55 @@ class AnswerStream:
         self.text = ""
         self.end: Event | None = None
         self.ended = False
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
-    async def publish(self, event: Event) -> None:
-        async with self._changed:
-            if event.name == "user_message":
-                self.question = event
-            elif event.name == "sources":
-                self.sources = event
-            elif event.name == "token":
-                self.text += event.data["delta"]
-            else:  # done | error
-                self.end = event
-            self._changed.notify_all()
+    def publish(self, event: Event) -> None:
+        if event.name == "user_message":
+            self.question = event
+        elif event.name == "sources":
+            self.sources = event
+        elif event.name == "token":
+            self.text += event.data["delta"]
+        else:  # done | error
+            self.end = event
+        self._wake()
 
-    async def finish(self) -> None:
-        async with self._changed:
-            self.ended = True
-            self._changed.notify_all()
+    def finish(self) -> None:
+        self.ended = True
+        self._wake()
 
-    def _news(self, sent_question: bool, sent_sources: bool, offset: int) -> bool:
-        return (
-            (not sent_question and self.question is not None)
-            or (not sent_sources and self.sources is not None)
-            or len(self.text) > offset
-            or self.ended
-        )
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def follow(self, after: int | None = None) -> AsyncIterator[tuple[int, Event]]:
         """(id, event) pairs: from the question on when ``after`` is None, else what a listener that saw ``after``
-        characters is missing (sources, the rest of the text), then live until the end."""
+        characters is missing (sources, the rest of the text), then live until the end; ``HEARTBEAT`` after
+        ``HEARTBEAT_S`` without news."""
         offset, sent_question, sent_sources = after or 0, after is not None, False
         while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda q=sent_question, s=sent_sources, o=offset: self._news(q, s, o))
-                question, sources, text, end, ended = self.question, self.sources, self.text, self.end, self.ended
-            if not sent_question and question is not None:
-                sent_question = True
-                yield 0, question
-            if not sent_sources and sources is not None:
-                sent_sources = True
-                yield offset, sources
-            if len(text) > offset:
+            changed = self._changed  # taken before looking, so no change between the look and the wait is missed
+            news = False
+            if not sent_question and self.question is not None:
+                sent_question = news = True
+                yield 0, self.question
+            if not sent_sources and self.sources is not None:
+                sent_sources = news = True
+                yield offset, self.sources
+            if len(self.text) > offset:
+                text, news = self.text, True
                 yield len(text), Event("token", {"delta": text[offset:]})
                 offset = len(text)
-            if ended:
-                if end is not None:
-                    yield offset, end
+            if self.ended:
+                if self.end is not None:
+                    yield offset, self.end
                 return
+            if not news:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_S):
+                        await changed.wait()
+                except TimeoutError:
+                    yield offset, HEARTBEAT
 
 
 class AnswerStreams:
@@ -137,15 +145,15 @@ class AnswerStreams:
         flusher = asyncio.create_task(self._flush(turn, asyncio.current_task()), name=f"flush-{turn.assistant_id}")
         try:
             async for event in self._answering.run(turn):
-                await stream.publish(event)
+                stream.publish(event)
         except asyncio.CancelledError:
             if not turn.stop_requested:
                 raise  # the process is stopping
             if (message := await self._answering.stored_message(turn.assistant_id)) is not None:
-                await stream.publish(Event("done", message))
+                stream.publish(Event("done", message))
         finally:
             flusher.cancel()
-            await asyncio.shield(stream.finish())
+            stream.finish()
 
     async def _flush(self, turn: Turn, producer: asyncio.Task) -> None:
         """Saves the text so far every ``FLUSH_S``, and notices a stop asked on another worker."""
@@ -154,7 +162,7 @@ class AnswerStreams:
             await asyncio.sleep(FLUSH_S)
             text = turn.text
             try:
-                async with self._sessions() as db, db.begin():
+                async with self._answering.autocommit() as db:  # one statement
                     if text != saved:
                         writing = await db.scalar(
                             update(row)
@@ -177,7 +185,7 @@ class AnswerStreams:
 
     async def _stop_elsewhere(self, message_id: uuid.UUID) -> None:
         row = models.ChatMessage
-        async with self._sessions() as db, db.begin():
+        async with self._answering.autocommit() as db:
             writer = (
                 await db.execute(
                     update(row)
@@ -199,6 +207,7 @@ class AnswerStreams:
 
     async def _follow_stored(self, message_id: uuid.UUID, offset: int) -> AsyncIterator[tuple[int, Event]]:
         sent_sources, progress_at = False, time.monotonic()
+        sent_at = progress_at
         while True:
             async with self._sessions() as db:
                 message = await db.scalar(
@@ -228,6 +237,10 @@ class AnswerStreams:
             if len(message.content) > offset:
                 yield len(message.content), Event("token", {"delta": message.content[offset:]})
                 offset, progress_at = len(message.content), time.monotonic()
+                sent_at = progress_at
             elif stalled:
                 progress_at = time.monotonic()
+            if time.monotonic() - sent_at >= HEARTBEAT_S:
+                yield offset, HEARTBEAT
+                sent_at = time.monotonic()
             await asyncio.sleep(POLL_S)

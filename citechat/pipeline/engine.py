@@ -1,4 +1,4 @@
-"""One answer: a LlamaIndex ``CondensePlusContextChatEngine`` assembled per request.
+"""One answer: a LlamaIndex ``CondensePlusContextChatEngine`` assembled per request, streamed from the model.
 
 The engine gets the organization's retriever, the session's recent messages as history, the chosen mode's prompt
 templates and the configured LLM. Two node postprocessors shape what the model sees: ``SourceGate`` applies the
@@ -6,12 +6,14 @@ Strict mode's relevance threshold (no source left: the fixed refusal is answered
 ``NumberSources`` puts a ``[n] document, page`` header on each passage so the answer can cite it. The extractive
 answerer reads the passages themselves, and skips condensing: it has no model to rewrite a follow-up with.
 
-Two of the engine's defaults cost every answer time for nothing here, where the history comes from the database
-and the engine lives for one request: its default ``Memory`` sets up an in-memory SQLite database (tables created
-through a worker thread) per engine, so a plain ``ChatMemoryBuffer`` holds the history instead; and the response's
-``async_response_gen`` reads tokens from a queue filled by a background task that writes the answer back to that
-memory, polling every 100 ms, so it noticed the end of each answer up to 100 ms late. That task is cancelled before
-it starts and the tokens are read from the model's stream directly (``_tokens``).
+The engine does what LlamaIndex's does up to the model call (memory, condensing, retrieval, postprocessing, the
+context prompt: ``ChatEngine.context_messages``); the answer is then streamed from the LLM directly. LlamaIndex's
+``astream_chat`` goes through ``CompactAndRefine``, which re-tokenizes every passage with tiktoken to repack them
+and wraps each token in four more generators and two more pydantic objects, then hands it on through a queue that
+a background task fills while writing the answer to a memory this request throws away. citechat's passages (top-k
+chunks of a few hundred tokens) fit the context window, where repacking sends exactly these messages in one call.
+The memory is a plain ``ChatMemoryBuffer``: the engine's default ``Memory`` sets up an in-memory SQLite database
+(tables created through a worker thread) per engine.
 """
 
 import asyncio
@@ -20,10 +22,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
-from llama_index.core.chat_engine.types import StreamingAgentChatResponse
-from llama_index.core.llms import LLM, ChatMessage, ChatResponse
+from llama_index.core.chat_engine.utils import get_prefix_messages_with_context
+from llama_index.core.llms import LLM, ChatMessage
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.prompts import ChatPromptTemplate
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from pydantic import PrivateAttr
@@ -90,11 +93,30 @@ class TimedRetriever(BaseRetriever):
             self.finished = time.perf_counter()
 
 
-class TracedChatEngine(CondensePlusContextChatEngine):
-    """Condensing a follow-up in a ``citechat.condense`` span. LlamaIndex has no hook around it, so this overrides the
-    method that does it (unchanged since LlamaIndex 0.10); the tests check the span is there."""
+class ChatEngine(CondensePlusContextChatEngine):
+    """LlamaIndex's condense-plus-context engine up to the model call (see the module's docstring), with condensing
+    a follow-up in a ``citechat.condense`` span: LlamaIndex has no hook around it, so this overrides the method that
+    does it (unchanged since LlamaIndex 0.10); the tests check the span is there."""
 
     telemetry: Telemetry = NO_TELEMETRY
+
+    async def context_messages(
+        self, message: str, chat_history: list[ChatMessage]
+    ) -> tuple[list[NodeWithScore], list[ChatMessage]]:
+        """The passages kept for ``message``, and the messages to send the model: the system and context prompts
+        with the passages, the history, then the question (as asked: the condensed form only searches)."""
+        await self._memory.aset(chat_history)
+        history = await self._memory.aget(input=message)
+        nodes = await self._aget_nodes(await self._acondense_question(history, message))
+        prefix = get_prefix_messages_with_context(
+            self._context_prompt_template, self._system_prompt or "", [], history, self._llm.metadata.system_role
+        )
+        # What CompactAndRefine's repacking sends when the passages fit: their texts, stripped, a blank line apart.
+        context = "\n\n".join(text for n in nodes if (text := n.node.get_content(MetadataMode.LLM).strip()))
+        template = ChatPromptTemplate.from_messages(
+            prefix, function_mappings=self._context_prompt_template.function_mappings
+        )
+        return nodes, template.format_messages(context_str=context, query_str=message)
 
     async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
         if self._skip_condense or not chat_history:
@@ -134,14 +156,12 @@ async def generate(
         llm.question = question
     timed = TimedRetriever(retriever, retrieval_timeout_s, telemetry)
     clock = time.perf_counter()
-    engine = TracedChatEngine.from_defaults(
+    engine = ChatEngine.from_defaults(
         retriever=timed,
         llm=llm,
         system_prompt=prompts.system(mode),
         context_prompt=prompts.context,
         condense_prompt=prompts.condense,
-        # A plain buffer, made here: left to the engine, LlamaIndex fills an in-memory SQLite memory from a worker
-        # thread with an event loop of its own, one per answer, and the connection outlives that loop.
         memory=ChatMemoryBuffer.from_defaults(llm=llm),
         skip_condense=extractive,
         node_postprocessors=[
@@ -151,8 +171,7 @@ async def generate(
         ],
     )
     engine.telemetry = telemetry
-    response = await engine.astream_chat(question, chat_history=list(history))
-    tokens = _tokens(response)
+    _, messages = await engine.context_messages(question, list(history))
     timings = {"retrieval_ms": _ms(timed.finished - timed.started)}
     if history and not extractive:
         timings["condense_ms"] = _ms(timed.started - clock)
@@ -160,20 +179,12 @@ async def generate(
     if not sources:
         text = prompts.strict_refusal if policy.refuses_without_relevant_source else _NO_SOURCES
         return Generation(sources=[], tokens=_words(text), refused=True, timings_ms=timings)
-    return Generation(sources=sources, tokens=tokens, timings_ms=timings)
+    return Generation(sources=sources, tokens=_deltas(llm, messages), timings_ms=timings)
 
 
-def _tokens(response: StreamingAgentChatResponse) -> AsyncIterator[str]:
-    """The answer's tokens straight from the model's stream. Called right after ``astream_chat`` returns, before
-    anything is awaited, so the memory-writing task it scheduled has not started and never reads the stream."""
-    if response.awrite_response_to_history_task is not None:
-        response.awrite_response_to_history_task.cancel()
-        response.awrite_response_to_history_task = None
-    return _deltas(response.achat_stream)
-
-
-async def _deltas(stream: AsyncIterator[ChatResponse]) -> AsyncIterator[str]:
-    async for chat in stream:
+async def _deltas(llm: LLM, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    """The answer's text as the model streams it (the request is sent when the first token is asked for)."""
+    async for chat in await llm.astream_chat(messages):
         if chat.delta:
             yield chat.delta
 

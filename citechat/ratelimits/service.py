@@ -94,12 +94,13 @@ class RateLimits:
         return Quota(scope, item.amount, max(stats.remaining, 0), stats.reset_time)
 
 
-def rate_limits_from_settings(settings, sessions: async_sessionmaker[AsyncSession]) -> RateLimits:
-    """PostgreSQL (the app's own database) unless ``ratelimit_storage`` names a ``limits`` storage URI."""
+def rate_limits_from_settings(settings, autocommit: async_sessionmaker[AsyncSession]) -> RateLimits:
+    """PostgreSQL (the app's own database, through ``autocommit`` sessions) unless ``ratelimit_storage`` names a
+    ``limits`` storage URI."""
     if settings.ratelimit_storage:
         storage = storage_from_string(settings.ratelimit_storage, wrap_exceptions=True)
     else:
-        storage = PostgresStorage(sessions)
+        storage = PostgresStorage(autocommit)
     return RateLimits(
         storage, per_user_per_hour=settings.ratelimit_user_per_hour, per_org_per_day=settings.ratelimit_org_per_day
     )

@@ -3,7 +3,9 @@
 ``limits`` ships memory, Redis, Memcached and MongoDB storages but none on SQL. This one keeps a row per accepted
 hit. ``acquire_entry`` is exact under concurrency, across processes: it takes a transaction-scoped advisory lock
 on the key, counts the hits inside the window, and inserts only when there is room, all in one transaction. It
-also deletes the key's hits that have left the window, so the table stays the size of the live windows.
+also deletes the key's hits that have left the window, so the table stays the size of the live windows. That is
+one database function (migration 0005), called in one round trip: every operation here is a single statement, so
+the sessions given are autocommit ones (``Database.autocommit``), with no BEGIN and COMMIT around each.
 """
 
 from limits.aio.storage import MovingWindowSupport, Storage
@@ -11,24 +13,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 7))")
-_EXPIRE = text(
-    "DELETE FROM chat_rate_limits WHERE key = :key AND hit_at <= clock_timestamp() - make_interval(secs => :expiry)"
-)
+_HIT = text("SELECT citechat_rate_limit_hit(:key, :limit, :expiry, :amount)")  # migration 0005
 _WINDOW = text(
-    "SELECT extract(epoch FROM min(hit_at)), count(*) FROM chat_rate_limits"
-    " WHERE key = :key AND hit_at > clock_timestamp() - make_interval(secs => :expiry)"
+    "SELECT coalesce(extract(epoch FROM min(hit_at)), extract(epoch FROM clock_timestamp())), count(*)"
+    " FROM chat_rate_limits WHERE key = :key AND hit_at > clock_timestamp() - make_interval(secs => :expiry)"
 )
-_HIT = text(
-    "INSERT INTO chat_rate_limits (key, hit_at) SELECT :key, clock_timestamp() FROM generate_series(1, :amount)"
-)
-_NOW = text("SELECT extract(epoch FROM clock_timestamp())")
 
 
 class PostgresStorage(Storage, MovingWindowSupport):
     STORAGE_SCHEME = None  # built from the app's engine, not from a URI
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """``sessions``: autocommit ones (``Database.autocommit``); in a transaction a hit would be rolled back."""
         super().__init__()
         self._sessions = sessions
 
@@ -39,21 +35,13 @@ class PostgresStorage(Storage, MovingWindowSupport):
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
             return False
-        async with self._sessions() as db, db.begin():
-            await db.execute(_LOCK, {"key": key})
-            await db.execute(_EXPIRE, {"key": key, "expiry": expiry})
-            _, count = (await db.execute(_WINDOW, {"key": key, "expiry": expiry})).one()
-            if count + amount > limit:
-                return False
-            await db.execute(_HIT, {"key": key, "amount": amount})
-            return True
+        async with self._sessions() as db:
+            return await db.scalar(_HIT, {"key": key, "limit": limit, "expiry": expiry, "amount": amount})
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """(when the oldest hit in the window happened, hits in the window); (now, 0) for an empty window."""
         async with self._sessions() as db:
             oldest, count = (await db.execute(_WINDOW, {"key": key, "expiry": expiry})).one()
-            if oldest is None:
-                oldest = await db.scalar(_NOW)
         return float(oldest), int(count)
 
     # The fixed-window half of the Storage interface: citechat only uses the moving window.
