@@ -10,7 +10,8 @@ from llama_index.core.evaluation import FaithfulnessEvaluator
 
 from citechat.errors import CitechatError
 from citechat.pipeline import citations
-from citechat.pipeline.llms import describe_failure, provider_from_settings
+from citechat.pipeline.chat_completions import LLMError
+from citechat.pipeline.llms import provider_from_settings
 from citechat.settings import Settings
 
 
@@ -41,9 +42,6 @@ class Judge:
         self.calls += 1
         try:
             result = await self._evaluator.aevaluate(query=question, response=sentence, contexts=contexts)
-        except Exception as exc:
-            described = describe_failure(exc)
-            if described is None:
-                raise
-            raise JudgeError(f"the judge model failed: {described[0]}") from exc
+        except LLMError as exc:
+            raise JudgeError(f"the judge model failed: {exc.detail}") from exc
         return bool(result.passing)
