@@ -30,7 +30,7 @@ from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.errors import CitechatError, Conflict, NotFound
 from citechat.pipeline import citations, engine
-from citechat.pipeline.llms import EXTRACTIVE, LLMProvider, describe_failure
+from citechat.pipeline.llms import EXTRACTIVE, LLMProvider
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
 from citechat.ratelimits.service import Quota, RateLimited, RateLimits
@@ -479,12 +479,10 @@ def message_json(message: models.ChatMessage, sources: list[models.ChatSource] |
 
 
 def _failure(exc: Exception) -> tuple[str, bool, bool]:
-    """What the user is told, whether trying again may help, and whether the failure was an expected kind (a
-    typed error or a provider's); internals never reach the user, unexpected ones reach the log with a traceback."""
+    """What the user is told, whether trying again may help, and whether the failure was an expected kind (a typed
+    error, the model's included); internals never reach the user, unexpected ones reach the log with a traceback."""
     if isinstance(exc, CitechatError):
         return exc.detail, bool(getattr(exc, "retryable", False)), True
-    if described := describe_failure(exc):
-        return *described, True
     return "the answer could not be generated", True, False
 
 

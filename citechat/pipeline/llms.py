@@ -99,29 +99,3 @@ def _http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=False
     )
-
-
-def describe_failure(exc: Exception) -> tuple[str, bool] | None:
-    """(what to tell the user, whether retrying may help) for an ``openai`` SDK error; None when it is not one.
-
-    Obsolete: citechat's LLMs no longer use the SDK and raise ``chat_completions.LLMError`` (a ``CitechatError``
-    with ``detail`` and ``retryable``). Kept only while ``citechat.chat.answering`` still imports it."""
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - openai comes with llama-index-llms-openai
-        return None
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return "the language model rejected the configured API key", False
-    if isinstance(exc, openai.RateLimitError):
-        return "the language model is rate limiting requests; try again shortly", True
-    if isinstance(exc, openai.APITimeoutError):
-        return "the language model did not answer in time; try again", True
-    if isinstance(exc, openai.APIConnectionError):
-        return "the language model could not be reached; try again shortly", True
-    if isinstance(exc, openai.InternalServerError):
-        return "the language model failed; try again", True
-    if isinstance(exc, openai.APIStatusError):
-        return f"the language model refused the request ({exc.status_code})", False
-    if isinstance(exc, openai.APIError):  # an error event inside a stream that had begun
-        return "the language model failed mid-answer; try again", True
-    return None
