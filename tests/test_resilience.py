@@ -166,6 +166,21 @@ async def test_one_answer_at_a_time_per_session(served, identity):
     assert [m["role"] for m in await messages_of(client, headers, session)] == ["user", "assistant"]
 
 
+async def test_racing_sends_in_one_session_store_one_question(served, identity):
+    """Sends that all pass the first check at once: the database lets one answer be written, the rest get 409 and
+    store nothing (idx_chat_messages_one_in_flight)."""
+    client = served
+    headers, session = await new_conversation(client, identity)
+    url, params = f"{API}/message", {"session_id": session["id"]}
+    asks = [client.post(url, params=params, json={"question": f"q{i}?"}, headers=headers) for i in range(8)]
+    sent = await asyncio.gather(*asks)
+    codes = sorted(response.status_code for response in sent)
+    assert codes[0] == 200 and set(codes[1:]) <= {200, 409} and 409 in codes, codes
+    stored = await messages_of(client, headers, session)
+    assert len(stored) == 2 * codes.count(200)  # a question and its answer for each accepted send, nothing else
+    assert all(m["status"] == "completed" for m in stored)
+
+
 async def test_llm_error_mid_stream_is_saved_failed_and_retried_in_place(served, model_server, identity, db):
     client = served
     headers, session = await new_conversation(client, identity)
@@ -264,10 +279,10 @@ async def test_answers_of_a_dead_process_are_marked_at_start_up(settings, identi
     application = create_app(settings)
     async with client_for(application) as client:
         headers = identity()
-        session = (await client.get(f"{API}/session", headers=headers)).json()
+        sessions = [(await client.post(f"{API}/session/new", headers=headers)).json() for _ in range(2)]
         alive_worker = application.state.answering.worker_id  # this app stays alive throughout
         async with application.state.database.sessions() as db:
-            for worker in (uuid.uuid4(), alive_worker):
+            for session, worker in zip(sessions, (uuid.uuid4(), alive_worker), strict=True):
                 await db.execute(
                     text(
                         "INSERT INTO chat_messages (session_id, role, content, status, worker_id)"
@@ -278,7 +293,7 @@ async def test_answers_of_a_dead_process_are_marked_at_start_up(settings, identi
             await db.commit()
         async with client_for(create_app(settings)):  # another process starts
             pass
-        rows = await messages_of(client, headers, session)
+        rows = [row for session in sessions for row in await messages_of(client, headers, session)]
     statuses = sorted((m["status"], m["content"]) for m in rows)
     assert statuses == [("failed", "half an ans"), ("streaming", "half an ans")]
     failed = next(m for m in rows if m["status"] == "failed")

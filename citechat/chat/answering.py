@@ -19,8 +19,25 @@ from typing import TypeVar
 from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
-from sqlalchemy import Boolean, Float, Integer, cast, column, delete, insert, select, true, update, values
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    bindparam,
+    cast,
+    column,
+    delete,
+    exists,
+    func,
+    insert,
+    null,
+    select,
+    true,
+    union_all,
+    update,
+    values,
+)
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -93,33 +110,44 @@ class Answering:
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
         async with self.autocommit() as db:  # refusals first, so they cost no quota
-            await self._writable_session(db, principal, session_id)
-        # Counted between two transactions, never inside one: a request holding a pooled connection while the
-        # quota store waits for another would starve the pool under a burst.
-        quota = await self._count(principal)
-        async with self.sessions() as db:
             session = await self._writable_session(db, principal, session_id)
-            mode = ResponseMode(request.mode or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages)
-            question = request.question
-            asked = utcnow()
-            user = models.ChatMessage(
-                id=uuid.uuid4(),
-                session_id=session_id,
-                role="user",
-                content=question,
-                status="completed",
-                created_at=asked,
-                updated_at=asked,
-            )
-            assistant = self._new_answer(session_id, mode, model, after=asked)
-            db.add_all([user, assistant])  # one INSERT: ids and times are set here, nothing is read back
-            if session.title == NEW_SESSION_TITLE:
-                session.title = question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
-            session.last_message_at = asked
-            await db.commit()
-            metadata = assistant.message_metadata
-            return Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
+        # Counted between two statements, never inside a transaction: a request holding a pooled connection while
+        # the quota store waits for another would starve the pool under a burst.
+        quota = await self._count(principal)
+        mode = ResponseMode(request.mode or session.response_mode)
+        asked = utcnow()
+        user = models.ChatMessage(
+            id=uuid.uuid4(),
+            session_id=session_id,
+            role="user",
+            content=request.question,
+            status="completed",
+            created_at=asked,
+            updated_at=asked,
+        )
+        assistant = self._new_answer(session_id, mode, model, after=asked)
+        title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
+        async with self.autocommit() as db:
+            try:
+                stored = await db.scalar(_ask(principal, session_id, [user, assistant], title, asked))
+            except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
+                raise Conflict("an answer is still being written in this session; wait for it or stop it") from exc
+            if stored is None:  # archived or deleted since the check above: say which
+                await self._writable_session(db, principal, session_id)
+                raise NotFound("chat session not found")
+        return Turn(
+            principal,
+            session_id,
+            user,
+            assistant.id,
+            request.question,
+            mode,
+            model,
+            history,
+            assistant.message_metadata,
+            quota,
+        )
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
@@ -398,6 +426,43 @@ class Answering:
                 )
                 .values(status=status, content=turn.text, processing_time_ms=_ms(turn.started), **values)
             )
+
+
+def _title(question: str) -> str:
+    return question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
+
+
+def _ask(principal: Principal, session_id: uuid.UUID, messages: list[models.ChatMessage], title: str | None, at):
+    """One statement: the session is touched (its title from a first question, ``last_message_at``) if it is the
+    caller's and not archived, and only then are the messages inserted. Returns the first message's id, or nothing
+    when the session was not there to touch."""
+    session = models.ChatSession
+    touched = (
+        update(session)
+        .where(
+            session.id == session_id,
+            session.user_id == principal.user_id,
+            session.organization_id == principal.organization_id,
+            session.is_archived.is_(False),
+        )
+        .values(title=func.coalesce(title, session.title), last_message_at=at, updated_at=at)
+        .returning(session.id)
+        .cte("touched")
+    )
+    table = models.ChatMessage.__table__
+    names = [c.key for c in table.columns if any(getattr(m, c.key) is not None for m in messages)]
+    rows = [
+        select(*[_typed(getattr(m, name), table.c[name].type).label(name) for name in names]).where(
+            exists(select(touched.c.id))
+        )
+        for m in messages
+    ]
+    return insert(table).from_select(names, union_all(*rows)).add_cte(touched).returning(table.c.id)
+
+
+def _typed(value, type_):
+    """A bound value of the column's type (so the database knows it even when it is NULL, which stays SQL NULL)."""
+    return null() if value is None else bindparam(None, value, type_=type_)
 
 
 async def _persisting(write: Callable[[], Awaitable[T]]) -> T:

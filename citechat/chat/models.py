@@ -67,6 +67,13 @@ class ChatMessage(Base):
         CheckConstraint("status IN ('pending', 'streaming', 'completed', 'failed', 'stopped')", name="status"),
         Index("idx_chat_messages_session_created", "session_id", "created_at"),
         Index("idx_chat_messages_role", "session_id", "role"),
+        # At most one answer being written per session: asking relies on it (chat.answering).
+        Index(
+            "idx_chat_messages_one_in_flight",
+            "session_id",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'streaming')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))

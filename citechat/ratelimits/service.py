@@ -5,6 +5,7 @@ their own; then the user's hit and the organization's hit are each atomic in the
 ever exceeded, however many requests race (from any number of processes sharing the storage).
 """
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -85,7 +86,11 @@ class RateLimits:
     async def status(self, principal: Principal) -> tuple[Quota, Quota]:
         user, org = _ids(principal)
         try:
-            return await self._quota("user", self._user, user), await self._quota("organization", self._org, org)
+            # Read at once (two statements in parallel, not one after the other: this is on every question's path).
+            user_quota, org_quota = await asyncio.gather(
+                self._quota("user", self._user, user), self._quota("organization", self._org, org)
+            )
+            return user_quota, org_quota
         except StorageError as exc:
             raise ServiceUnavailable("the rate-limit store is unavailable; try again shortly") from exc
 
