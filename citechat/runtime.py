@@ -1,10 +1,13 @@
 """Everything a citechat process runs on, opened and closed in one place: the app's lifespan and the CLI's
 in-process commands (``ingest``, ``reindex``, ``eval``) both use ``open_runtime``."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+
+from llama_index.core.utils import get_tokenizer
 
 from citechat.chat.answering import Answering
 from citechat.chat.streams import AnswerStreams
@@ -51,6 +54,8 @@ async def open_runtime(
         async with database.sessions() as db:
             if orphans := await mark_orphans_failed(db):
                 log.warning("marked %d answer(s) of stopped processes as failed (interrupted)", orphans)
+        # LlamaIndex's chat memory counts history tokens with tiktoken: loaded now, not in the first answer (~200 ms).
+        await asyncio.to_thread(get_tokenizer)
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
         llms = provider_from_settings(settings, local_base_url=local)
         stack.push_async_callback(llms.aclose)

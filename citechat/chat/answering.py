@@ -37,8 +37,9 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from citechat.auth.service import Principal
@@ -56,6 +57,7 @@ from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Executor = AsyncSession | AsyncConnection  # an ORM session (a retry's transaction) or an autocommit connection
 TITLE_LENGTH = 50
 IN_FLIGHT = ("pending", "streaming")
 FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
@@ -92,11 +94,11 @@ class Turn:
 class Answering:
     """What answering needs from the process (built once in the lifespan).
 
-    ``autocommit`` sessions serve the writes made in one statement (sources, progress, the final write): an answer
-    sends a dozen statements or so, and BEGIN/COMMIT round trips around each would double that."""
+    Asking and answering run on ``autocommit``, in Core statements that each do their work alone (see
+    ``Database.autocommit``); only a retry, which rewrites an answer in place, takes a transaction."""
 
     sessions: async_sessionmaker[AsyncSession]
-    autocommit: async_sessionmaker[AsyncSession]
+    autocommit: AsyncEngine
     index: IndexBackend
     llms: LLMProvider
     prompts: PromptStore
@@ -109,8 +111,8 @@ class Answering:
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
-        async with self.autocommit() as db:  # refusals first, so they cost no quota
-            session = await self._writable_session(db, principal, session_id)
+        async with self.autocommit.connect() as db:  # refusals first, so they cost no quota
+            session = await self._session_row(db, principal, session_id)
             history = await _history(db, session_id, session.max_context_messages)
         # Counted between two statements, never inside a transaction: a request holding a pooled connection while
         # the quota store waits for another would starve the pool under a burst.
@@ -128,13 +130,13 @@ class Answering:
         )
         assistant = self._new_answer(session_id, mode, model, after=asked)
         title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
-        async with self.autocommit() as db:
+        async with self.autocommit.connect() as db:
             try:
                 stored = await db.scalar(_ask(principal, session_id, [user, assistant], title, asked))
             except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
                 raise Conflict("an answer is still being written in this session; wait for it or stop it") from exc
             if stored is None:  # archived or deleted since the check above: say which
-                await self._writable_session(db, principal, session_id)
+                await self._session_row(db, principal, session_id)
                 raise NotFound("chat session not found")
         return Turn(
             principal,
@@ -210,37 +212,20 @@ class Answering:
     async def _writable_session(
         self, db: AsyncSession, principal: Principal, session_id: uuid.UUID
     ) -> models.ChatSession:
-        """The caller's session, locked until commit so two sends cannot both pass the checks below; read with the
-        answer in flight in it, if any, in one statement."""
-        message = models.ChatMessage
-        busy = (
-            select(message.id, message.worker_id)
-            .where(message.session_id == models.ChatSession.id, message.status.in_(IN_FLIGHT))
-            .limit(1)
-            .lateral("busy")
-        )
+        """The caller's session (the ORM object), locked until commit so two retries cannot both pass the checks."""
         found = (
             await db.execute(
-                select(models.ChatSession, busy.c.id, busy.c.worker_id)
-                .outerjoin(busy, true())
-                .where(
-                    models.ChatSession.id == session_id,
-                    models.ChatSession.user_id == principal.user_id,
-                    models.ChatSession.organization_id == principal.organization_id,
-                )
-                .with_for_update(of=models.ChatSession)
+                _session_query(principal, session_id, models.ChatSession).with_for_update(of=models.ChatSession)
             )
         ).first()
-        if found is None:
-            raise NotFound("chat session not found")
-        session, busy_id, busy_worker = found
-        if session.is_archived:
-            raise Conflict("this chat session is archived and read-only")
-        if busy_id is not None:
-            if not await workers.is_dead(db, busy_worker):
-                raise Conflict("an answer is still being written in this session; wait for it or stop it")
-            await workers.fail_orphan(db, busy_id)  # its process is gone: it will never finish
-        return session
+        await _admit(db, found and found[0].is_archived, found)
+        return found[0]
+
+    async def _session_row(self, db: AsyncConnection, principal: Principal, session_id: uuid.UUID) -> Row:
+        """The caller's session (its columns), when a question may be asked in it now."""
+        found = (await db.execute(_session_query(principal, session_id, *models.ChatSession.__table__.columns))).first()
+        await _admit(db, found and found.is_archived, found)
+        return found
 
     def _new_answer(
         self, session_id: uuid.UUID, mode: ResponseMode, model: str, *, after: datetime | None = None
@@ -343,7 +328,7 @@ class Answering:
         if rows:
             saved = insert(models.ChatSource).values([_columns(row) for row in rows])
             streaming = streaming.add_cte(saved.returning(models.ChatSource.id).cte("saved_sources"))
-        async with self.autocommit() as db:
+        async with self.autocommit.connect() as db:
             await db.execute(streaming)
         return rows
 
@@ -395,12 +380,12 @@ class Answering:
                 message_metadata=metadata,
                 updated_at=utcnow(),
             )
-            .returning(row)
+            .returning(*row.__table__.columns)
         )
         if turn.sources:
             completed = completed.add_cte(_verdicts(turn.assistant_id, turn.sources).cte("verdicts"))
-        async with self.autocommit() as db:
-            message = await db.scalar(completed, execution_options={"populate_existing": True})
+        async with self.autocommit.connect() as db:
+            message = (await db.execute(completed)).first()
         if message is None:
             raise NotFound("the answer was deleted while it was being written")
         return message_json(message, turn.sources)
@@ -418,7 +403,7 @@ class Answering:
             )
 
     async def _end(self, turn: Turn, status: str, **values) -> None:
-        async with self.autocommit() as db:
+        async with self.autocommit.connect() as db:
             await db.execute(
                 update(models.ChatMessage)
                 .where(
@@ -426,6 +411,40 @@ class Answering:
                 )
                 .values(status=status, content=turn.text, processing_time_ms=_ms(turn.started), **values)
             )
+
+
+def _session_query(principal: Principal, session_id: uuid.UUID, *what):
+    """The caller's session (``what`` of it), with the answer in flight in it if any (``busy_id``,
+    ``busy_worker``), in one statement."""
+    message = models.ChatMessage
+    busy = (
+        select(message.id, message.worker_id)
+        .where(message.session_id == models.ChatSession.id, message.status.in_(IN_FLIGHT))
+        .limit(1)
+        .lateral("busy")
+    )
+    return (
+        select(*what, busy.c.id.label("busy_id"), busy.c.worker_id.label("busy_worker"))
+        .outerjoin(busy, true())
+        .where(
+            models.ChatSession.id == session_id,
+            models.ChatSession.user_id == principal.user_id,
+            models.ChatSession.organization_id == principal.organization_id,
+        )
+    )
+
+
+async def _admit(db: Executor, archived: bool | None, found: Row | None) -> None:
+    """Refuses a session that is not there, archived, or has an answer being written by a live process (one whose
+    process is gone is marked failed: it will never finish)."""
+    if found is None:
+        raise NotFound("chat session not found")
+    if archived:
+        raise Conflict("this chat session is archived and read-only")
+    if found.busy_id is not None:
+        if not await workers.is_dead(db, found.busy_worker):
+            raise Conflict("an answer is still being written in this session; wait for it or stop it")
+        await workers.fail_orphan(db, found.busy_id)
 
 
 def _title(question: str) -> str:
@@ -476,14 +495,16 @@ async def _persisting(write: Callable[[], Awaitable[T]]) -> T:
     return await write()
 
 
-async def _history(db: AsyncSession, session_id: uuid.UUID, limit: int, *, before=None) -> list[LLMMessage]:
+async def _history(
+    db: AsyncSession | AsyncConnection, session_id: uuid.UUID, limit: int, *, before=None
+) -> list[LLMMessage]:
     """The last ``limit`` completed messages before ``before`` (default: all), oldest first."""
     window = [models.ChatMessage.session_id == session_id, models.ChatMessage.status == "completed"]
     if before is not None:
         window.append(models.ChatMessage.created_at < before)
     rows = (
-        await db.scalars(
-            select(models.ChatMessage)
+        await db.execute(
+            select(models.ChatMessage.role, models.ChatMessage.content)
             .where(*window)
             .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
             .limit(limit)
@@ -534,8 +555,9 @@ def source_json(source: models.ChatSource) -> dict:
     return schemas.ChatSource.model_validate(source).model_dump(mode="json")
 
 
-def message_json(message: models.ChatMessage, sources: list[models.ChatSource] | None = None) -> dict:
-    """The message as the API shows it; ``sources`` default to the message's own (which must be loaded)."""
+def message_json(message: models.ChatMessage | Row, sources: list[models.ChatSource] | None = None) -> dict:
+    """The message (an ORM object or a row of its columns) as the API shows it; ``sources`` default to the
+    message's own (which must be loaded)."""
     if sources is None:
         sources = sorted(message.sources, key=lambda source: source.rank or 0)
     columns = {column.key: getattr(message, column.key) for column in models.ChatMessage.__table__.columns}

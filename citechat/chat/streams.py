@@ -181,7 +181,7 @@ class AnswerStreams:
             await asyncio.sleep(FLUSH_S)
             text = turn.text
             try:
-                async with self._answering.autocommit() as db:  # one statement
+                async with self._answering.autocommit.connect() as db:  # one statement
                     if text != saved:
                         writing = await db.scalar(
                             update(row)
@@ -204,7 +204,7 @@ class AnswerStreams:
 
     async def _stop_elsewhere(self, message_id: uuid.UUID) -> None:
         row = models.ChatMessage
-        async with self._answering.autocommit() as db:
+        async with self._answering.autocommit.connect() as db:
             writer = (
                 await db.execute(
                     update(row)

@@ -71,7 +71,7 @@ class WorkerLease:
                     log.warning("worker lease lost: the database is unreachable; retrying in %.0f s", KEEP_S)
 
 
-async def is_dead(db: AsyncSession, worker_id: uuid.UUID | None) -> bool:
+async def is_dead(db: AsyncSession | AsyncConnection, worker_id: uuid.UUID | None) -> bool:
     return worker_id is None or bool(await db.scalar(_DEAD, {"worker": str(worker_id)}))
 
 
@@ -94,7 +94,7 @@ async def mark_orphans_failed(db: AsyncSession) -> int:
     return result.rowcount
 
 
-async def fail_orphan(db: AsyncSession, message_id: uuid.UUID) -> None:
+async def fail_orphan(db: AsyncSession | AsyncConnection, message_id: uuid.UUID) -> None:
     """Marks one answer whose writer is gone as failed (interrupted, retryable); the caller commits."""
     await db.execute(
         update(models.ChatMessage)

@@ -18,9 +18,9 @@ from citechat.settings import Settings
 class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    # Sessions on the same pool in autocommit: for work done in one statement, which then needs no BEGIN and
-    # COMMIT round trips of its own (a third of what answering sent before it used them).
-    autocommit: async_sessionmaker[AsyncSession]
+    # The same pool in autocommit, for Core statements that do their work alone: no BEGIN and COMMIT round trips
+    # around each, and no ORM session to set up (answering and rate limits send a dozen per question).
+    autocommit: AsyncEngine
     url: str
 
 
@@ -37,7 +37,7 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
         yield Database(
             engine=engine,
             sessions=async_sessionmaker(engine, expire_on_commit=False),
-            autocommit=async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
+            autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
             url=url,
         )
     finally:

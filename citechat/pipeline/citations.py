@@ -103,16 +103,22 @@ def verify(answer: str, sources: Sequence[str]) -> CitationReport:
     groups = list(_groups(text))
     best: dict[int, float] = {}
     sentences = []
+    terms: dict[int, tuple[set[str], set[str]]] = {}  # each cited source's terms, found once
     for start, end in _sentence_spans(text):
         sentence = text[start:end]
         cited = tuple(dict.fromkeys(n for position, numbers in groups if start <= position < end for n in numbers))
         if not cited:
             sentences.append(SentenceCheck(sentence, (), None, None))
             continue
-        score = support(sentence, "\n".join(sources[n - 1] for n in cited))
+        claimed = _claims(sentence)
+        for n in cited:
+            if n not in terms:
+                terms[n] = _content(sources[n - 1])
+        together = (set().union(*(terms[n][0] for n in cited)), set().union(*(terms[n][1] for n in cited)))
+        score = _support(claimed, together)
         sentences.append(SentenceCheck(sentence, cited, score, score >= SUPPORT_THRESHOLD))
         for n in cited:
-            alone = score if len(cited) == 1 else support(sentence, sources[n - 1])
+            alone = score if len(cited) == 1 else _support(claimed, terms[n])
             best[n] = max(best.get(n, 0.0), alone)
     cited_anywhere = {n for _, numbers in groups for n in numbers}
     return CitationReport(
@@ -136,10 +142,18 @@ def support(sentence: str, passage: str) -> float:
     A sentence with no content tokens claims nothing to check and scores 1.0. Lexical overlap cannot see
     negation or synonyms: "did not rise" matches "rose" as well as "rose" does.
     """
-    words, numbers = _content(_GROUP_RE.sub(" ", sentence))
+    return _support(_claims(sentence), _content(passage))
+
+
+def _claims(sentence: str) -> tuple[set[str], set[str]]:
+    return _content(_GROUP_RE.sub(" ", sentence))
+
+
+def _support(claimed: tuple[set[str], set[str]], found: tuple[set[str], set[str]]) -> float:
+    """``support`` on terms already found (``_content``): a passage's are found once however many sentences cite it."""
+    (words, numbers), (found_words, found_numbers) = claimed, found
     if not words and not numbers:
         return 1.0
-    found_words, found_numbers = _content(passage)
     number_share = len(numbers & found_numbers) / len(numbers) if numbers else 1.0
     token_share = (len(words & found_words) + len(numbers & found_numbers)) / (len(words) + len(numbers))
     return token_share * number_share

@@ -15,7 +15,7 @@ from limits import RateLimitItemPerDay, RateLimitItemPerHour
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from citechat.auth.service import Principal
 from citechat.errors import CitechatError, ServiceUnavailable
@@ -99,8 +99,8 @@ class RateLimits:
         return Quota(scope, item.amount, max(stats.remaining, 0), stats.reset_time)
 
 
-def rate_limits_from_settings(settings, autocommit: async_sessionmaker[AsyncSession]) -> RateLimits:
-    """PostgreSQL (the app's own database, through ``autocommit`` sessions) unless ``ratelimit_storage`` names a
+def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:
+    """PostgreSQL (the app's own database, through its ``autocommit`` engine) unless ``ratelimit_storage`` names a
     ``limits`` storage URI."""
     if settings.ratelimit_storage:
         storage = storage_from_string(settings.ratelimit_storage, wrap_exceptions=True)
