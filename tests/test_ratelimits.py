@@ -12,7 +12,7 @@ import pytest
 from citechat.api.app import create_app
 from citechat.auth.service import Principal
 from citechat.ratelimits.service import RateLimited, RateLimits
-from citechat.ratelimits.storage import PostgresStorage
+from citechat.ratelimits.storage import LimitsQuotaStore, PostgresQuotaStore
 from tests.conftest import client_for, derive
 
 API = "/api/v1/chat"
@@ -35,7 +35,8 @@ async def consume_all(limits: RateLimits, who: Principal, n: int) -> tuple[int, 
 
 
 async def test_postgres_window_is_exact_under_concurrency(app):
-    limits = RateLimits(PostgresStorage(app.state.database.autocommit), per_user_per_hour=50, per_org_per_day=1000)
+    quotas = {"per_user_per_hour": 50, "per_org_per_day": 1000}
+    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas), **quotas)
     who = principal()
     assert await consume_all(limits, who, 60) == (50, 10)
     user, organization = await limits.status(who)
@@ -43,7 +44,8 @@ async def test_postgres_window_is_exact_under_concurrency(app):
 
 
 async def test_organization_quota_spent_does_not_spend_the_users(app):
-    limits = RateLimits(PostgresStorage(app.state.database.autocommit), per_user_per_hour=5, per_org_per_day=3)
+    quotas = {"per_user_per_hour": 5, "per_org_per_day": 3}
+    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas), **quotas)
     alice = principal()
     bob = Principal(uuid.uuid4(), alice.organization_id, "bob", alice.organization)
     assert await consume_all(limits, alice, 3) == (3, 0)
@@ -176,7 +178,8 @@ def redis_url(tmp_path_factory) -> str:
 async def test_redis_storage_is_exact_and_serves_the_api(settings, identity, redis_url):
     from limits.storage import storage_from_string
 
-    limits = RateLimits(storage_from_string(redis_url), per_user_per_hour=50, per_org_per_day=1000)
+    quotas = {"per_user_per_hour": 50, "per_org_per_day": 1000}
+    limits = RateLimits(LimitsQuotaStore(storage_from_string(redis_url), **quotas), **quotas)
     assert await consume_all(limits, principal(), 60) == (50, 10)
 
     headers = identity()

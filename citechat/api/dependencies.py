@@ -1,4 +1,7 @@
-"""Typed dependencies shared by every router. The objects behind them live on ``app.state`` (the lifespan)."""
+"""Typed dependencies shared by every router. The objects behind them live on ``app.state`` (the lifespan).
+
+All of them are ``async def``, even those that await nothing: FastAPI runs a plain ``def`` dependency in its thread
+pool, a thread hop (and a wait for the GIL) on every request that uses it."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -16,14 +19,14 @@ from citechat.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="A JWT: HS256 with the service's secret, or RS256/ES256.")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
@@ -50,7 +53,7 @@ async def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
+async def require_admin(principal: CurrentPrincipal) -> Principal:
     """Operators' routes: the token's ``roles`` claim must hold ``admin`` (``citechat token --admin``)."""
     if ADMIN_ROLE not in principal.roles:
         raise PermissionDenied("this needs a token with the admin role")

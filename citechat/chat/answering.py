@@ -113,10 +113,11 @@ class Answering:
         model = self.llms.choose(request.model)
         async with self.autocommit.connect() as db:  # refusals first, so they cost no quota
             session = await self._session_row(db, principal, session_id)
-            history = await _history(db, session_id, session.max_context_messages)
-        # Counted between two statements, never inside a transaction: a request holding a pooled connection while
-        # the quota store waits for another would starve the pool under a burst.
-        quota = await self._count(principal)
+        # The quota is counted outside any transaction (one holding a pooled connection while the quota store waits
+        # for another would starve the pool under a burst), while the history is read on a connection of its own.
+        quota, history = await asyncio.gather(
+            self._count(principal), self._recent(session_id, session.max_context_messages)
+        )
         mode = ResponseMode(request.mode or session.response_mode)
         asked = utcnow()
         user = models.ChatMessage(
@@ -138,18 +139,12 @@ class Answering:
             if stored is None:  # archived or deleted since the check above: say which
                 await self._session_row(db, principal, session_id)
                 raise NotFound("chat session not found")
-        return Turn(
-            principal,
-            session_id,
-            user,
-            assistant.id,
-            request.question,
-            mode,
-            model,
-            history,
-            assistant.message_metadata,
-            quota,
-        )
+        metadata, question = assistant.message_metadata, request.question
+        return Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
+
+    async def _recent(self, session_id: uuid.UUID, limit: int) -> list[LLMMessage]:
+        async with self.autocommit.connect() as db:
+            return await _history(db, session_id, limit)
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.

@@ -15,7 +15,7 @@ from citechat.settings import Settings
 router = APIRouter(prefix="/api/v1/documents", tags=["documents"], responses=error_responses(401, 403, 503))
 
 
-def _organization(principal: CurrentPrincipal) -> Organization:
+async def _organization(principal: CurrentPrincipal) -> Organization:
     return Organization(principal.organization_id, principal.organization)
 
 

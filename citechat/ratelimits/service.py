@@ -1,25 +1,25 @@
-"""The two quotas every question passes: per user per rolling hour, per organization per rolling day.
+"""The two quotas every question passes, as the API shows them (``Quota``, ``RateLimited``); where the hits are
+counted is ``storage.py``."""
 
-The organization's window is looked at first, so a user whose organization is out of messages does not spend
-their own; then the user's hit and the organization's hit are each atomic in the storage, so neither limit is
-ever exceeded, however many requests race (from any number of processes sharing the storage).
-"""
-
-import asyncio
 import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from limits import RateLimitItemPerDay, RateLimitItemPerHour
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.errors import StorageError
 from limits.storage import storage_from_string
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from citechat.auth.service import Principal
 from citechat.errors import CitechatError, ServiceUnavailable
-from citechat.ratelimits.storage import PostgresStorage
+from citechat.ratelimits.storage import (
+    DAY_S,
+    HOUR_S,
+    LimitsQuotaStore,
+    PostgresQuotaStore,
+    QuotaStoreUnavailable,
+    Window,
+    Windows,
+)
 
 
 @dataclass(frozen=True)
@@ -58,58 +58,53 @@ class RateLimited(CitechatError):
 
 
 class RateLimits:
-    def __init__(self, storage, *, per_user_per_hour: int, per_org_per_day: int) -> None:
-        self._limiter = MovingWindowRateLimiter(storage)
-        self._user = RateLimitItemPerHour(per_user_per_hour)
-        self._org = RateLimitItemPerDay(per_org_per_day)
+    """The two quotas every question passes: per user per rolling hour, per organization per rolling day.
+
+    The organization's window is looked at first, so a user whose organization is out of messages does not spend
+    their own; neither limit is ever exceeded, however many requests race (from any number of processes sharing
+    the store)."""
+
+    def __init__(self, store: PostgresQuotaStore | LimitsQuotaStore, *, per_user_per_hour: int, per_org_per_day: int):
+        self._store = store
+        self._limits = {"user": per_user_per_hour, "organization": per_org_per_day}
 
     async def consume(self, principal: Principal) -> Quota:
         """Counts one message against both quotas, or raises ``RateLimited`` naming the one that is spent.
 
         Returns the tighter quota after the hit (for the ``X-RateLimit-*`` headers)."""
-        user, org = _ids(principal)
-        try:
-            if not await self._limiter.test(self._org, *org):
-                raise RateLimited(await self._quota("organization", self._org, org))
-            if not await self._limiter.hit(self._user, *user):
-                raise RateLimited(await self._quota("user", self._user, user))
-            if not await self._limiter.hit(self._org, *org):
-                raise RateLimited(await self._quota("organization", self._org, org))
-        except StorageError as exc:
-            raise ServiceUnavailable("the rate-limit store is unavailable; try again shortly") from exc
-        return await self.tightest(principal)
+        windows = await self._ask(self._store.consume, principal)
+        user, org = self._quotas(windows)
+        if windows.refused is not None:
+            raise RateLimited(user if windows.refused == "user" else org)
+        return min((user, org), key=lambda quota: quota.remaining)
 
     async def tightest(self, principal: Principal) -> Quota:
         """The quota with the fewest messages left (for the ``X-RateLimit-*`` headers)."""
         return min(await self.status(principal), key=lambda quota: quota.remaining)
 
     async def status(self, principal: Principal) -> tuple[Quota, Quota]:
-        user, org = _ids(principal)
+        return self._quotas(await self._ask(self._store.windows, principal))
+
+    async def _ask(self, operation, principal: Principal) -> Windows:
         try:
-            # Read at once (two statements in parallel, not one after the other: this is on every question's path).
-            user_quota, org_quota = await asyncio.gather(
-                self._quota("user", self._user, user), self._quota("organization", self._org, org)
-            )
-            return user_quota, org_quota
-        except StorageError as exc:
+            return await operation(f"user/{principal.user_id}", f"organization/{principal.organization_id}")
+        except QuotaStoreUnavailable as exc:
             raise ServiceUnavailable("the rate-limit store is unavailable; try again shortly") from exc
 
-    async def _quota(self, scope: str, item, ids: tuple[str, ...]) -> Quota:
-        stats = await self._limiter.get_window_stats(item, *ids)
-        return Quota(scope, item.amount, max(stats.remaining, 0), stats.reset_time)
+    def _quotas(self, windows: Windows) -> tuple[Quota, Quota]:
+        return self._quota("user", windows.user, HOUR_S), self._quota("organization", windows.organization, DAY_S)
+
+    def _quota(self, scope: str, window: Window, length_s: int) -> Quota:
+        limit = self._limits[scope]
+        return Quota(scope, limit, max(limit - window.hits, 0), window.oldest + length_s)
 
 
 def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:
     """PostgreSQL (the app's own database, through its ``autocommit`` engine) unless ``ratelimit_storage`` names a
     ``limits`` storage URI."""
+    limits = {"per_user_per_hour": settings.ratelimit_user_per_hour, "per_org_per_day": settings.ratelimit_org_per_day}
     if settings.ratelimit_storage:
-        storage = storage_from_string(settings.ratelimit_storage, wrap_exceptions=True)
+        store = LimitsQuotaStore(storage_from_string(settings.ratelimit_storage, wrap_exceptions=True), **limits)
     else:
-        storage = PostgresStorage(autocommit)
-    return RateLimits(
-        storage, per_user_per_hour=settings.ratelimit_user_per_hour, per_org_per_day=settings.ratelimit_org_per_day
-    )
-
-
-def _ids(principal: Principal) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return ("user", str(principal.user_id)), ("organization", str(principal.organization_id))
+        store = PostgresQuotaStore(autocommit, **limits)
+    return RateLimits(store, **limits)

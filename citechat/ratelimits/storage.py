@@ -1,68 +1,114 @@
-"""A PostgreSQL storage for the ``limits`` library's moving window, so the default set-up needs no Redis.
+"""Where the quotas' hits are kept: PostgreSQL by default (the app's own database, so the default set-up needs no
+Redis), or any storage of the ``limits`` library (``CITECHAT_RATELIMIT_STORAGE``: Redis for several hosts, memory
+for offline evaluation runs).
 
-``limits`` ships memory, Redis, Memcached and MongoDB storages but none on SQL. This one keeps a row per accepted
-hit. ``acquire_entry`` is exact under concurrency, across processes: it takes a transaction-scoped advisory lock
-on the key, counts the hits inside the window, and inserts only when there is room, all in one transaction. It
-also deletes the key's hits that have left the window, so the table stays the size of the live windows. That is
-one database function (migration 0005), called in one round trip: every operation here is a single statement, run
-on an autocommit engine (``Database.autocommit``), with no BEGIN and COMMIT around each.
+Both count a moving window exactly under concurrency, across processes. On PostgreSQL a row per accepted hit is
+kept, and one database function (``citechat_consume_quota``, migration 0005) locks both keys, drops their expired
+hits, counts both windows and inserts both hits when both have room: a question's quota costs one round trip, on
+the autocommit engine (``Database.autocommit``). Through ``limits`` it is the library's moving-window strategy, a
+round trip per step.
 """
 
-from limits.aio.storage import MovingWindowSupport, Storage
+import asyncio
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerDay, RateLimitItemPerHour
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-_HIT = text("SELECT citechat_rate_limit_hit(:key, :limit, :expiry, :amount)")  # migration 0005
-_WINDOW = text(
-    "SELECT coalesce(extract(epoch FROM min(hit_at)), extract(epoch FROM clock_timestamp())), count(*)"
-    " FROM chat_rate_limits WHERE key = :key AND hit_at > clock_timestamp() - make_interval(secs => :expiry)"
+HOUR_S, DAY_S = 3600, 86400
+_CONSUME = text(
+    "SELECT * FROM citechat_consume_quota(:user_key, :user_limit, :user_window, :org_key, :org_limit, :org_window)"
+)
+_WINDOWS = text(
+    "SELECT u.hits, u.oldest, o.hits, o.oldest, extract(epoch FROM clock.now)::float8"
+    " FROM (SELECT clock_timestamp() AS now) AS clock,"
+    " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
+    "  WHERE key = :user_key AND hit_at > clock.now - make_interval(secs => :user_window)) AS u,"
+    " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
+    "  WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)) AS o"
 )
 
 
-class PostgresStorage(Storage, MovingWindowSupport):
-    STORAGE_SCHEME = None  # built from the app's engine, not from a URI
+class QuotaStoreUnavailable(Exception):
+    """The store could not be reached or failed."""
 
-    def __init__(self, autocommit: AsyncEngine) -> None:
+
+@dataclass(frozen=True)
+class Window:
+    hits: int
+    oldest: float  # epoch seconds of the oldest hit in the window (now, when it is empty)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Both windows of one user in one organization, and which quota refused a hit (None: counted, or a read)."""
+
+    user: Window
+    organization: Window
+    refused: str | None = None
+
+
+class PostgresQuotaStore:
+    def __init__(self, autocommit: AsyncEngine, *, per_user_per_hour: int, per_org_per_day: int) -> None:
         """``autocommit``: an engine in autocommit (``Database.autocommit``): in a transaction, hits would be rolled
-        back."""
-        super().__init__()
+        back with it."""
         self._engine = autocommit
+        self._limits = {"user_limit": per_user_per_hour, "user_window": HOUR_S, "org_limit": per_org_per_day}
+        self._limits["org_window"] = DAY_S
 
-    @property
-    def base_exceptions(self) -> type[Exception]:
-        return DBAPIError
+    async def consume(self, user_key: str, org_key: str) -> Windows:
+        row = await self._one(_CONSUME, {"user_key": user_key, "org_key": org_key, **self._limits})
+        return Windows(Window(row.user_hits, row.user_oldest), Window(row.org_hits, row.org_oldest), row.refused)
 
-    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        if amount > limit:
-            return False
-        async with self._engine.connect() as db:
-            return await db.scalar(_HIT, {"key": key, "limit": limit, "expiry": expiry, "amount": amount})
+    async def windows(self, user_key: str, org_key: str) -> Windows:
+        user_hits, user_oldest, org_hits, org_oldest, now = await self._one(
+            _WINDOWS, {"user_key": user_key, "org_key": org_key, **self._limits}
+        )
+        return Windows(Window(user_hits, user_oldest or now), Window(org_hits, org_oldest or now))
 
-    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        """(when the oldest hit in the window happened, hits in the window); (now, 0) for an empty window."""
-        async with self._engine.connect() as db:
-            oldest, count = (await db.execute(_WINDOW, {"key": key, "expiry": expiry})).one()
-        return float(oldest), int(count)
+    async def _one(self, statement, params: dict):
+        try:
+            async with self._engine.connect() as db:
+                return (await db.execute(statement, params)).one()
+        except DBAPIError as exc:
+            raise QuotaStoreUnavailable(type(exc).__name__) from exc
 
-    # The fixed-window half of the Storage interface: citechat only uses the moving window.
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        raise NotImplementedError("citechat's PostgreSQL storage supports the moving window only")
 
-    async def get(self, key: str) -> int:
-        raise NotImplementedError("citechat's PostgreSQL storage supports the moving window only")
+class LimitsQuotaStore:
+    """A storage of the ``limits`` library (``async+redis://``, ``async+memory://``...), with its moving window."""
 
-    async def get_expiry(self, key: str) -> float:
-        raise NotImplementedError("citechat's PostgreSQL storage supports the moving window only")
+    def __init__(self, storage, *, per_user_per_hour: int, per_org_per_day: int) -> None:
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._user = RateLimitItemPerHour(per_user_per_hour)
+        self._org = RateLimitItemPerDay(per_org_per_day)
 
-    async def check(self) -> bool:
-        async with self._engine.connect() as db:
-            return await db.scalar(text("SELECT true"))
+    async def consume(self, user_key: str, org_key: str) -> Windows:
+        """The organization's window is looked at first, so a user whose organization is out of messages does not
+        spend their own; then each hit is atomic in the storage."""
+        try:
+            refused = None
+            if not await self._limiter.test(self._org, org_key):
+                refused = "organization"
+            elif not await self._limiter.hit(self._user, user_key):
+                refused = "user"
+            elif not await self._limiter.hit(self._org, org_key):
+                refused = "organization"
+        except StorageError as exc:
+            raise QuotaStoreUnavailable(type(exc).__name__) from exc
+        windows = await self.windows(user_key, org_key)
+        return Windows(windows.user, windows.organization, refused)
 
-    async def reset(self) -> int | None:
-        async with self._engine.connect() as db:
-            return (await db.execute(text("DELETE FROM chat_rate_limits"))).rowcount
+    async def windows(self, user_key: str, org_key: str) -> Windows:
+        try:
+            user, org = await asyncio.gather(self._window(self._user, user_key), self._window(self._org, org_key))
+        except StorageError as exc:
+            raise QuotaStoreUnavailable(type(exc).__name__) from exc
+        return Windows(user, org)
 
-    async def clear(self, key: str) -> None:
-        async with self._engine.connect() as db:
-            await db.execute(text("DELETE FROM chat_rate_limits WHERE key = :key"), {"key": key})
+    async def _window(self, item, key: str) -> Window:
+        stats = await self._limiter.get_window_stats(item, key)
+        return Window(item.amount - stats.remaining, stats.reset_time - item.get_expiry())
