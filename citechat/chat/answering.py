@@ -20,23 +20,17 @@ from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
 from sqlalchemy import (
-    Boolean,
-    Float,
-    Integer,
     bindparam,
-    cast,
-    column,
     delete,
     exists,
     func,
     insert,
-    null,
+    literal_column,
     select,
     true,
-    union_all,
     update,
-    values,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -133,7 +127,8 @@ class Answering:
         title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
         async with self.autocommit.connect() as db:
             try:
-                stored = await db.scalar(_ask(principal, session_id, [user, assistant], title, asked))
+                messages = _rows(models.ChatMessage.__table__, [user, assistant])
+                stored = await db.scalar(_ask(principal, session_id, title, asked), messages)
             except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
                 raise Conflict("an answer is still being written in this session; wait for it or stop it") from exc
             if stored is None:  # archived or deleted since the check above: say which
@@ -320,11 +315,10 @@ class Answering:
             .where(models.ChatMessage.id == turn.assistant_id, models.ChatMessage.status == "pending")
             .values(status="streaming", updated_at=utcnow())  # set here: onupdate defaults skip CTE statements
         )
-        if rows:
-            saved = insert(models.ChatSource).values([_columns(row) for row in rows])
-            streaming = streaming.add_cte(saved.returning(models.ChatSource.id).cte("saved_sources"))
+        table = models.ChatSource.__table__
+        saved = insert(table).from_select(table.columns.keys(), _recordset(table))
         async with self.autocommit.connect() as db:
-            await db.execute(streaming)
+            await db.execute(streaming.add_cte(saved.returning(table.c.id).cte("saved_sources")), _rows(table, rows))
         return rows
 
     async def _complete(
@@ -377,10 +371,18 @@ class Answering:
             )
             .returning(*row.__table__.columns)
         )
-        if turn.sources:
-            completed = completed.add_cte(_verdicts(turn.assistant_id, turn.sources).cte("verdicts"))
+        table = models.ChatSource.__table__
+        checked = _recordset(table).subquery("checked")
+        verdicts = (
+            update(table)
+            .where(table.c.id == checked.c.id)
+            .values(cited=checked.c.cited, support=checked.c.support)
+            .returning(table.c.id)
+        )
         async with self.autocommit.connect() as db:
-            message = (await db.execute(completed)).first()
+            message = (
+                await db.execute(completed.add_cte(verdicts.cte("verdicts")), _rows(table, turn.sources))
+            ).first()
         if message is None:
             raise NotFound("the answer was deleted while it was being written")
         return message_json(message, turn.sources)
@@ -446,10 +448,10 @@ def _title(question: str) -> str:
     return question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
 
 
-def _ask(principal: Principal, session_id: uuid.UUID, messages: list[models.ChatMessage], title: str | None, at):
+def _ask(principal: Principal, session_id: uuid.UUID, title: str | None, at):
     """One statement: the session is touched (its title from a first question, ``last_message_at``) if it is the
-    caller's and not archived, and only then are the messages inserted. Returns the first message's id, or nothing
-    when the session was not there to touch."""
+    caller's and not archived, and only then are the messages (``_rows``) inserted. Returns the first message's id,
+    or nothing when the session was not there to touch."""
     session = models.ChatSession
     touched = (
         update(session)
@@ -464,19 +466,27 @@ def _ask(principal: Principal, session_id: uuid.UUID, messages: list[models.Chat
         .cte("touched")
     )
     table = models.ChatMessage.__table__
-    names = [c.key for c in table.columns if any(getattr(m, c.key) is not None for m in messages)]
-    rows = [
-        select(*[_typed(getattr(m, name), table.c[name].type).label(name) for name in names]).where(
-            exists(select(touched.c.id))
-        )
-        for m in messages
-    ]
-    return insert(table).from_select(names, union_all(*rows)).add_cte(touched).returning(table.c.id)
+    rows = _recordset(table).where(exists(select(touched.c.id)))
+    return insert(table).from_select(table.columns.keys(), rows).add_cte(touched).returning(table.c.id)
 
 
-def _typed(value, type_):
-    """A bound value of the column's type (so the database knows it even when it is NULL, which stays SQL NULL)."""
-    return null() if value is None else bindparam(None, value, type_=type_)
+def _recordset(table):
+    """``SELECT * FROM jsonb_populate_recordset(NULL::<table>, :rows)``: rows of ``table`` passed as one JSON
+    parameter (``_rows``). However many rows, the statement stays one short text that SQLAlchemy compiles once; a
+    multi-row VALUES, or a parameter per column per row, costs more to build and to cache-key than the write."""
+    records = func.jsonb_populate_recordset(literal_column(f"NULL::{table.name}"), bindparam("rows", type_=JSONB))
+    names = [column.key for column in table.columns]
+    found = records.table_valued(*names)
+    return select(*[found.c[name] for name in names])  # by name: the table's own column order may differ
+
+
+def _rows(table, objects: list) -> dict:
+    """The ``rows`` parameter of ``_recordset``: each object's columns, as JSON."""
+    return {"rows": [{c.key: _json(getattr(o, c.key)) for c in table.c} for o in objects]}
+
+
+def _json(value):
+    return str(value) if isinstance(value, uuid.UUID) else value.isoformat() if isinstance(value, datetime) else value
 
 
 async def _persisting(write: Callable[[], Awaitable[T]]) -> T:
@@ -525,24 +535,6 @@ def _source_row(message_id: uuid.UUID, rank: int, node: NodeWithScore) -> models
         relevance_score=node.score,
         rank=rank,
         source_metadata={k: meta[k] for k in ("backend", "similarity") if meta.get(k) is not None},
-    )
-
-
-def _columns(source: models.ChatSource) -> dict:
-    return {column.key: getattr(source, column.key) for column in models.ChatSource.__table__.columns}
-
-
-def _verdicts(message_id: uuid.UUID, sources: list[models.ChatSource]):
-    """UPDATE of the sources' ``cited`` and ``support`` from the citation check (one statement for all of them)."""
-    checked = values(column("rank", Integer), column("cited", Boolean), column("support", Float), name="checked").data(
-        [(s.rank, s.cited, s.support) for s in sources]
-    )
-    table = models.ChatSource
-    return (
-        update(table)
-        .where(table.message_id == message_id, table.rank == checked.c.rank)
-        .values(cited=cast(checked.c.cited, Boolean), support=cast(checked.c.support, Float))  # typed, even if NULL
-        .returning(table.id)
     )
 
 
