@@ -51,7 +51,8 @@ async def run(stack: Stack, levels: dict[int, int], *, warm_up: int = WARM_UP) -
             "token_ms": stack.pace.token_ms,
         },
         "corpus": stack.corpus,
-        "counting": "db statements and transactions: SQLAlchemy engine events in the serving process (pings excluded)",
+        "counting": "db statements, and transactions sent as BEGIN...COMMIT (autocommit statements are none):"
+        " SQLAlchemy engine events in the serving process (pings excluded)",
         "runs": runs,
         "goals": _goals(runs),
     }

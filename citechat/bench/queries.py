@@ -3,8 +3,8 @@
 pg_stat_statements needs a preload library the embedded PostgreSQL is not started with, and the totals of
 ``pg_stat_database`` reach the statistics only up to seconds after a backend goes idle, so the counts are taken
 where the statements are sent. Only PostgreSQL's are counted: LlamaIndex's default chat memory keeps its messages
-in an in-memory SQLite database through SQLAlchemy too. Connection pings (``pool_pre_ping``) bypass these events
-and are not counted.
+in an in-memory SQLite database through SQLAlchemy too. Connection pings (``db.database._ping_when_idle``) bypass
+these events and are not counted.
 """
 
 import threading
@@ -43,6 +43,9 @@ class QueryCounter:
                 self.statements += 1
 
     def _begin(self, conn) -> None:
-        if conn.dialect.name == "postgresql":
+        """Transactions sent as BEGIN ... COMMIT: SQLAlchemy announces a "begin" on autocommit connections too,
+        where none is sent."""
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if conn.dialect.name == "postgresql" and not autocommit:
             with self._lock:
                 self.transactions += 1
