@@ -39,7 +39,7 @@ def serve(
 
     os.environ["CITECHAT_SERVE_HOST"] = host  # the app (in every worker) learns where it listens
     uvicorn.run(
-        "citechat.api.app:create_app",
+        "citechat.api.app:create_served_app",
         factory=True,
         host=host,
         port=port,

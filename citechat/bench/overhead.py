@@ -6,7 +6,8 @@ reports it per tag) - retrieval time (citechat's ``done`` event reports it; the 
 retriever; the floor has none). Per run: throughput, CPU-ms per message of the serving process (psutil), database
 statements and transactions per message (SQLAlchemy events, ``queries.py``), errors.
 
-The three paths run one after another at each concurrency, so they see the same machine at nearly the same time.
+The three paths run one after another at each concurrency, so they see the same machine at nearly the same time;
+each first answers one unmeasured round at that concurrency.
 """
 
 import math
@@ -59,6 +60,11 @@ async def run(stack: Stack, levels: dict[int, int], *, warm_up: int = WARM_UP) -
 
 
 async def _measure(stack: Stack, http: httpx.AsyncClient, path, streams: int, messages: int) -> dict:
+    # One unmeasured round at this concurrency first: every path then has the connections it needs (to the
+    # generator, to the database) open, and none of them is timed opening them.
+    await path.prepare(streams, streams)
+    await run_level(path.send, concurrency=streams, messages=streams)
+    await http.get(f"{stack.generator.url}/bench/timings")  # forget the warm-up's
     await path.prepare(streams, messages)
     cpu, queries = path.cpu_s(), await path.queries()
     started = time.perf_counter()

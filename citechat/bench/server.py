@@ -4,10 +4,9 @@ like the real server: the benchmark starts it with ``python -m citechat.bench.se
 
 import argparse
 
-from citechat.api.app import create_app
+from citechat.api.app import create_served_app
 from citechat.bench.queries import QueryCounter
 from citechat.cli import logging_config
-from citechat.settings import Settings
 
 
 def main() -> None:
@@ -17,7 +16,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     counter = QueryCounter.install()
-    app = create_app(Settings())
+    app = create_served_app()
     app.add_api_route("/bench/queries", counter.snapshot, methods=["GET"], include_in_schema=False)
     uvicorn.run(
         app,
