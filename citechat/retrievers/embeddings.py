@@ -43,19 +43,14 @@ class MiniLMEmbedder:
     max_tokens = 256  # the model's max_seq_length
 
     def __init__(self, cache_dir: Path, *, threads: int = 1, batch_size: int = 2) -> None:
-        import onnxruntime
         from tokenizers import Tokenizer
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Without this, the pool's threads spin for a while after every run, waiting for more: a question's embedding
-        # then burnt a core's worth of CPU the event loop needed (measured: 18% of the server's CPU under load);
-        # indexing is as fast either way.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(
-            str(quantized_model(cache_dir)), options, providers=["CPUExecutionProvider"]
-        )
+        model = str(quantized_model(cache_dir))
+        self._session = _session(model, threads, spinning=True)
+        # A question is embedded alone, on one thread that does not spin: the pool's threads spin for a while after
+        # every run, waiting for more, which helps documents (one batch after another: ~5% faster indexing) but after
+        # a question burnt CPU the event loop needed (18% of the server's CPU at 16 streams).
+        self._question_session = _session(model, 1, spinning=False) if threads > 1 else self._session
         self._tokenizer = Tokenizer.from_file(str(_tokenizer_file()))
         # The shipped tokenizer.json pads and truncates to 128; batches are padded here, to their longest text.
         self._tokenizer.no_padding()
@@ -74,13 +69,14 @@ class MiniLMEmbedder:
         vectors: list[np.ndarray | None] = [None] * len(texts)
         for start in range(0, len(order), self._batch_size):
             batch = order[start : start + self._batch_size]
+            session = self._question_session if len(texts) == 1 else self._session
             with self._busy:
-                embedded = self._run([texts[i] for i in batch])
+                embedded = self._run(session, [texts[i] for i in batch])
             for i, vector in zip(batch, embedded, strict=True):
                 vectors[i] = vector
         return [v.tolist() for v in vectors]
 
-    def _run(self, texts: list[str]) -> np.ndarray:
+    def _run(self, session, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
@@ -88,12 +84,20 @@ class MiniLMEmbedder:
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
-        hidden = self._session.run(
-            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        )[0]
+        hidden = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+def _session(model: str, threads: int, *, spinning: bool):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def quantized_model(cache_dir: Path) -> Path:
