@@ -24,6 +24,7 @@ from citechat.api.app import create_app
 from citechat.auth.tokens import issue_token
 from citechat.db.embedded import EmbeddedPostgres
 from citechat.settings import Settings
+from tests.standins.openai import OpenAIStandIn
 
 TEST_SECRET = "test-secret-" + "x" * 60
 STARTUP_TIMEOUT_S = 60  # the first start migrates a fresh database: over asgi-lifespan's 5 s on a busy machine
@@ -100,6 +101,21 @@ async def client_for(app: FastAPI, **transport: object) -> AsyncIterator[httpx.A
     """Runs the app's lifespan and yields a client for it (for tests that need their own settings or routes)."""
     async with running(app), _client(app, **transport) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def standin(request: pytest.FixtureRequest) -> Iterator[OpenAIStandIn]:
+    """The OpenAI stand-in, accepting the test module's ``KEY``, shared by the module's tests."""
+    with OpenAIStandIn(api_key=request.module.KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_standin(standin: OpenAIStandIn) -> OpenAIStandIn:
+    """``standin`` with no requests, queued answers or faults left from an earlier test (modules that use it for
+    every test say ``pytestmark = pytest.mark.usefixtures("fresh_standin")``)."""
+    standin.reset()
+    return standin
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ it yields, how each failure reads, and when it retries."""
 import email.utils
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -32,6 +32,7 @@ from citechat.pipeline.llms import provider_from_settings
 from citechat.settings import Settings
 from tests.standins.openai import DEFAULT_ANSWER, OpenAIStandIn
 
+pytestmark = pytest.mark.usefixtures("fresh_standin")
 KEY = "sk-chat-completions-test-key-0123456789"
 MESSAGES = [
     ChatMessage(role=MessageRole.SYSTEM, content="Answer from the sources."),
@@ -46,17 +47,6 @@ SENT = [
     {"role": "user", "content": "And for enterprise plans?"},
 ]
 PROMPT_WORDS = sum(len(m["content"].split()) for m in SENT)
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn(api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(standin: OpenAIStandIn) -> None:
-    standin.reset()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The OpenAI stand-in speaks OpenAI's wire format: the official `openai` SDK and LlamaIndex's clients work with it."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -10,18 +10,8 @@ from llama_index.llms.openai_like import OpenAILike
 
 from tests.standins.openai import DEFAULT_ANSWER, OpenAIStandIn
 
+pytestmark = pytest.mark.usefixtures("fresh_standin")
 KEY = "sk-standin-test-key"
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn(api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(standin: OpenAIStandIn) -> None:
-    standin.reset()
 
 
 @pytest.fixture
