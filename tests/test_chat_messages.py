@@ -229,3 +229,35 @@ async def test_an_interrupted_answer_is_never_left_streaming(app, client, asker)
     messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assistant = messages[-1]
     assert (assistant["status"], assistant["error_message"]) == ("failed", INTERRUPTED)
+
+
+async def test_a_retry_that_loses_a_race_with_a_send_is_a_conflict(app, client, asker, monkeypatch):
+    """A retry checks the session, then writes; a send that commits in between leaves two answers in flight, which
+    the database refuses (idx_chat_messages_one_in_flight): 409, and nothing changes. The race is staged: the
+    retry's check is made to miss the other answer, as a snapshot taken before that send would."""
+    from sqlalchemy import text
+
+    from citechat.chat import answering
+    from citechat.errors import NotFound
+
+    headers, session = asker
+    answer = (await stream_question(client, headers, session))[-1][2]
+    async with app.state.database.sessions() as db:  # the racing send's answer, in flight (and older, so the
+        await db.execute(  # retried answer stays the latest)
+            text(
+                "INSERT INTO chat_messages (session_id, role, content, status, created_at)"
+                " VALUES (:s, 'assistant', '', 'pending', now() - interval '1 minute')"
+            ),
+            {"s": session["id"]},
+        )
+        await db.commit()
+
+    async def check_missing_the_race(db, archived, found) -> None:
+        if found is None:
+            raise NotFound("chat session not found")
+
+    monkeypatch.setattr(answering, "_admit", check_missing_the_race)
+    retried = await client.post(f"{API}/message/{answer['id']}/retry", headers=headers)
+    assert retried.status_code == 409 and "still being written" in retried.json()["detail"]
+    stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [m["status"] for m in stored if m["id"] == answer["id"]] == ["completed"]

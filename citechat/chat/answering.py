@@ -54,6 +54,7 @@ T = TypeVar("T")
 Executor = AsyncSession | AsyncConnection  # an ORM session (a retry's transaction) or an autocommit connection
 TITLE_LENGTH = 50
 IN_FLIGHT = ("pending", "streaming")
+BUSY = "an answer is still being written in this session; wait for it or stop it"
 FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
 
 
@@ -130,7 +131,7 @@ class Answering:
                 messages = _rows(models.ChatMessage.__table__, [user, assistant])
                 stored = await db.scalar(_ask(principal, session_id, title, asked), messages)
             except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
-                raise Conflict("an answer is still being written in this session; wait for it or stop it") from exc
+                raise Conflict(BUSY) from exc
             if stored is None:  # archived or deleted since the check above: say which
                 await self._session_row(db, principal, session_id)
                 raise NotFound("chat session not found")
@@ -166,7 +167,10 @@ class Answering:
                 setattr(assistant, column, None)
             assistant.tokens_completion = assistant.tokens_total = None
             session.last_message_at = utcnow()
-            await db.commit()
+            try:
+                await db.commit()
+            except IntegrityError as exc:  # a send committed between this retry's checks and its write
+                raise Conflict(BUSY) from exc
             return Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
 
     async def _count(self, principal: Principal) -> Quota:
@@ -440,7 +444,7 @@ async def _admit(db: Executor, archived: bool | None, found: Row | None) -> None
         raise Conflict("this chat session is archived and read-only")
     if found.busy_id is not None:
         if not await workers.is_dead(db, found.busy_worker):
-            raise Conflict("an answer is still being written in this session; wait for it or stop it")
+            raise Conflict(BUSY)
         await workers.fail_orphan(db, found.busy_id)
 
 
