@@ -36,7 +36,7 @@ async def consume_all(limits: RateLimits, who: Principal, n: int) -> tuple[int, 
 
 async def test_postgres_window_is_exact_under_concurrency(app):
     quotas = {"per_user_per_hour": 50, "per_org_per_day": 1000}
-    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas), **quotas)
+    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas))
     who = principal()
     assert await consume_all(limits, who, 60) == (50, 10)
     user, organization = await limits.status(who)
@@ -45,7 +45,7 @@ async def test_postgres_window_is_exact_under_concurrency(app):
 
 async def test_organization_quota_spent_does_not_spend_the_users(app):
     quotas = {"per_user_per_hour": 5, "per_org_per_day": 3}
-    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas), **quotas)
+    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas))
     alice = principal()
     bob = Principal(uuid.uuid4(), alice.organization_id, "bob", alice.organization)
     assert await consume_all(limits, alice, 3) == (3, 0)
@@ -179,7 +179,7 @@ async def test_redis_storage_is_exact_and_serves_the_api(settings, identity, red
     from limits.storage import storage_from_string
 
     quotas = {"per_user_per_hour": 50, "per_org_per_day": 1000}
-    limits = RateLimits(LimitsQuotaStore(storage_from_string(redis_url), **quotas), **quotas)
+    limits = RateLimits(LimitsQuotaStore(storage_from_string(redis_url), **quotas))
     assert await consume_all(limits, principal(), 60) == (50, 10)
 
     headers = identity()

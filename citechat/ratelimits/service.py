@@ -64,9 +64,8 @@ class RateLimits:
     their own; neither limit is ever exceeded, however many requests race (from any number of processes sharing
     the store)."""
 
-    def __init__(self, store: PostgresQuotaStore | LimitsQuotaStore, *, per_user_per_hour: int, per_org_per_day: int):
+    def __init__(self, store: PostgresQuotaStore | LimitsQuotaStore) -> None:
         self._store = store
-        self._limits = {"user": per_user_per_hour, "organization": per_org_per_day}
 
     async def consume(self, principal: Principal) -> Quota:
         """Counts one message against both quotas, or raises ``RateLimited`` naming the one that is spent.
@@ -95,8 +94,7 @@ class RateLimits:
         return self._quota("user", windows.user, HOUR_S), self._quota("organization", windows.organization, DAY_S)
 
     def _quota(self, scope: str, window: Window, length_s: int) -> Quota:
-        limit = self._limits[scope]
-        return Quota(scope, limit, max(limit - window.hits, 0), window.oldest + length_s)
+        return Quota(scope, window.limit, max(window.limit - window.hits, 0), window.oldest + length_s)
 
 
 def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:
@@ -107,4 +105,4 @@ def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:
         store = LimitsQuotaStore(storage_from_string(settings.ratelimit_storage, wrap_exceptions=True), **limits)
     else:
         store = PostgresQuotaStore(autocommit, **limits)
-    return RateLimits(store, **limits)
+    return RateLimits(store)

@@ -41,6 +41,7 @@ class QuotaStoreUnavailable(Exception):
 class Window:
     hits: int
     oldest: float  # epoch seconds of the oldest hit in the window (now, when it is empty)
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,24 @@ class PostgresQuotaStore:
         """``autocommit``: an engine in autocommit (``Database.autocommit``): in a transaction, hits would be rolled
         back with it."""
         self._engine = autocommit
+        self._user_limit, self._org_limit = per_user_per_hour, per_org_per_day
         self._limits = {"user_limit": per_user_per_hour, "user_window": HOUR_S, "org_limit": per_org_per_day}
         self._limits["org_window"] = DAY_S
 
     async def consume(self, user_key: str, org_key: str) -> Windows:
         row = await self._one(_CONSUME, {"user_key": user_key, "org_key": org_key, **self._limits})
-        return Windows(Window(row.user_hits, row.user_oldest), Window(row.org_hits, row.org_oldest), row.refused)
+        user, org = (
+            Window(row.user_hits, row.user_oldest, self._user_limit),
+            Window(row.org_hits, row.org_oldest, self._org_limit),
+        )
+        return Windows(user, org, row.refused)
 
     async def windows(self, user_key: str, org_key: str) -> Windows:
         user_hits, user_oldest, org_hits, org_oldest, now = await self._one(
             _WINDOWS, {"user_key": user_key, "org_key": org_key, **self._limits}
         )
-        return Windows(Window(user_hits, user_oldest or now), Window(org_hits, org_oldest or now))
+        user = Window(user_hits, user_oldest or now, self._user_limit)
+        return Windows(user, Window(org_hits, org_oldest or now, self._org_limit))
 
     async def _one(self, statement, params: dict):
         try:
@@ -111,4 +118,4 @@ class LimitsQuotaStore:
 
     async def _window(self, item, key: str) -> Window:
         stats = await self._limiter.get_window_stats(item, key)
-        return Window(item.amount - stats.remaining, stats.reset_time - item.get_expiry())
+        return Window(item.amount - stats.remaining, stats.reset_time - item.get_expiry(), item.amount)
