@@ -155,6 +155,38 @@ async def test_llamaindex_instrumentation_sees_the_calls(make):
     assert end.response.additional_kwargs["completion_tokens"] == len(DEFAULT_ANSWER.split())
 
 
+async def test_astream_text_streams_the_text_in_one_span_without_per_token_events(make, standin):
+    class Recorder(BaseEventHandler):
+        events: list = Field(default_factory=list)
+
+        def handle(self, event, **kwargs) -> None:
+            self.events.append(event)
+
+    recorder = Recorder()
+    get_dispatcher().add_event_handler(recorder)
+    try:
+        llm = make()
+        pieces = [piece async for piece in await llm.astream_text(MESSAGES)]
+    finally:
+        get_dispatcher().event_handlers.remove(recorder)
+    assert pieces == [f"{word} " for word in DEFAULT_ANSWER.split()[:-1]] + [DEFAULT_ANSWER.split()[-1]]
+    completion = len(DEFAULT_ANSWER.split())
+    assert llm.usage["completion_tokens"] == completion
+    assert standin.requests[-1]["stream"] is True and standin.requests[-1]["messages"] == SENT
+    assert [type(e) for e in recorder.events if "LLMChat" in type(e).__name__] == [LLMChatStartEvent, LLMChatEndEvent]
+    [end] = [e for e in recorder.events if isinstance(e, LLMChatEndEvent)]
+    assert end.response.message.content == DEFAULT_ANSWER
+    assert end.response.additional_kwargs == llm.usage | {"finish_reason": "stop"}
+    assert end.span_id is not None and end.span_id == recorder.events[0].span_id
+
+    standin.stream_error_after = 2
+    seen = []
+    with pytest.raises(LLMFailedMidAnswer):
+        async for piece in await make().astream_text(MESSAGES):
+            seen.append(piece)
+    assert seen == ["Answer ", "from "]
+
+
 @pytest.mark.parametrize(
     ("status", "error", "detail", "retryable", "attempts"),
     [

@@ -162,7 +162,10 @@ async def test_span_tree_of_a_streamed_follow_up(traced, model_server, identity)
     assert any(chat in ancestors(s, index) and retrieve not in ancestors(s, index) for s in database)  # the answer's
     assert any(http in ancestors(s, index) and chat not in ancestors(s, index) for s in database)  # the question
     llama_index = [s for s in trace if "openinference.span.kind" in s.attributes]
-    assert any(s.attributes["openinference.span.kind"] == "LLM" and chat in ancestors(s, index) for s in llama_index)
+    llms = [s for s in llama_index if s.attributes["openinference.span.kind"] == "LLM" and chat in ancestors(s, index)]
+    [answer] = [s for s in llms if s.attributes.get("llm.token_count.completion") == done["tokens_completion"]]
+    assert answer.attributes["llm.token_count.prompt"] == done["tokens_prompt"]  # from the streamed answer's end event
+    assert answer.attributes["llm.finish_reason"] == "stop"
     assert any(s.attributes["openinference.span.kind"] == "RETRIEVER" for s in llama_index)
 
     text = every_text(spans)  # no content, no secret, in any span of the two requests

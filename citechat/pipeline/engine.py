@@ -31,6 +31,7 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from pydantic import PrivateAttr
 
+from citechat.pipeline.chat_completions import ChatCompletionsLLM
 from citechat.pipeline.extractive import ExtractiveLLM
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptSet
@@ -183,7 +184,12 @@ async def generate(
 
 
 async def _deltas(llm: LLM, messages: list[ChatMessage]) -> AsyncIterator[str]:
-    """The answer's text as the model streams it (the request is sent when the first token is asked for)."""
+    """The answer's text as the model streams it (the request is sent when the first token is asked for): as text
+    from the Chat Completions client, through ``astream_chat`` from any other LLM."""
+    if isinstance(llm, ChatCompletionsLLM):
+        async for delta in await llm.astream_text(messages):
+            yield delta
+        return
     async for chat in await llm.astream_chat(messages):
         if chat.delta:
             yield chat.delta
