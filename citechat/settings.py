@@ -39,7 +39,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser.",
     )
-    db_pool_size: int = Field(default=10, ge=1, description="Database connections kept open per process.")
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="Database connections kept open per process. A connection past these (as many again may "
+        "overflow) is closed when returned, so a pool smaller than the busiest moment reconnects under load.",
+    )
     prompts_dir: Path = Field(
         default=Path(__file__).resolve().parents[1] / "prompts",
         description="Folder of the prompt templates (prompts/ in the repository).",

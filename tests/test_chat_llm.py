@@ -1,6 +1,7 @@
 """Answers written by a model: CITECHAT_LLM=openai-compatible against a stand-in for OpenAI's chat API
 (tests/standins/openai.py, which follows OpenAI's documented wire format)."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -190,3 +191,26 @@ async def test_an_answer_outlives_its_listener(settings, model_server, identity)
         await application.state.streams.wait(turn.assistant_id)
         assistant = (await client.get(url, headers=headers)).json()[-1]
     assert (assistant["status"], assistant["content"]) == ("completed", "Answer from the first source [1].")
+
+
+async def test_the_model_is_asked_while_the_sources_are_saved(llm_client, model_server, identity, monkeypatch):
+    """The sources are written while the model thinks of its first token, not before it is asked: saving here
+    waits for the model's request, and would wait forever if the request came after it."""
+    from citechat.chat.answering import Answering
+    from tests.test_chat_messages import stream_question
+
+    save = Answering._save_sources
+
+    async def saved_once_the_model_is_asked(self, turn, nodes):
+        async with asyncio.timeout(10):
+            while not model_server.answer_requests():  # noqa: ASYNC110 (the stand-in serves from its own thread)
+                await asyncio.sleep(0.01)
+        return await save(self, turn, nodes)
+
+    monkeypatch.setattr(Answering, "_save_sources", saved_once_the_model_is_asked)
+    headers, session = await new_conversation(llm_client, identity)
+    events = await stream_question(llm_client, headers, session)
+    names = [name for _, name, _ in events]
+    assert names[:2] == ["user_message", "sources"] and names[-1] == "done" and "token" in names
+    assert names.index("sources") < names.index("token")  # the sources still come first
+    assert len(model_server.answer_requests()) == 1

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -20,6 +21,9 @@ from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
 from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
     bindparam,
     delete,
     exists,
@@ -56,6 +60,7 @@ TITLE_LENGTH = 50
 IN_FLIGHT = ("pending", "streaming")
 BUSY = "an answer is still being written in this session; wait for it or stop it"
 FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
+_END = object()  # the answer's last token was read
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ class Answering:
         title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
         async with self.autocommit.connect() as db:
             try:
-                messages = _rows(models.ChatMessage.__table__, [user, assistant])
-                stored = await db.scalar(_ask(principal, session_id, title, asked), messages)
+                params = _owner(principal, session_id) | {"title": title, "at": asked}
+                stored = await db.scalar(_ASK, params | _rows(models.ChatMessage.__table__, [user, assistant]))
             except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
                 raise Conflict(BUSY) from exc
             if stored is None:  # archived or deleted since the check above: say which
@@ -207,17 +212,13 @@ class Answering:
         self, db: AsyncSession, principal: Principal, session_id: uuid.UUID
     ) -> models.ChatSession:
         """The caller's session (the ORM object), locked until commit so two retries cannot both pass the checks."""
-        found = (
-            await db.execute(
-                _session_query(principal, session_id, models.ChatSession).with_for_update(of=models.ChatSession)
-            )
-        ).first()
+        found = (await db.execute(_SESSION_LOCKED, _owner(principal, session_id))).first()
         await _admit(db, found and found[0].is_archived, found)
         return found[0]
 
     async def _session_row(self, db: AsyncConnection, principal: Principal, session_id: uuid.UUID) -> Row:
         """The caller's session (its columns), when a question may be asked in it now."""
-        found = (await db.execute(_session_query(principal, session_id, *models.ChatSession.__table__.columns))).first()
+        found = (await db.execute(_SESSION_ROW, _owner(principal, session_id))).first()
         await _admit(db, found and found.is_archived, found)
         return found
 
@@ -263,13 +264,25 @@ class Answering:
                 telemetry=self.telemetry,
             )
             timings |= generation.timings_ms
-            turn.sources = await self._save_sources(turn, generation.sources)
-            yield Event("sources", {"sources": [source_json(s) for s in turn.sources]})
-            stage, first_token = "generation", None
-            async for delta in generation.tokens:
-                first_token = first_token or time.perf_counter()
-                turn.text += delta
-                yield Event("token", {"delta": delta})
+            async with aclosing(generation.tokens) as tokens:
+                # The model is asked now, and the sources are saved while it thinks of its first token.
+                first = asyncio.ensure_future(anext(tokens, _END))
+                try:
+                    turn.sources = await self._save_sources(turn, generation.sources)
+                    yield Event("sources", {"sources": [source_json(s) for s in turn.sources]})
+                    stage, first_token = "generation", None
+                    delta = await first
+                finally:
+                    if not first.done():  # the answer stopped before the model answered
+                        first.cancel()
+                        await asyncio.wait([first])
+                    if not first.cancelled():
+                        first.exception()  # read: a model failure the answer never got to is not logged as lost
+                while delta is not _END:
+                    first_token = first_token or time.perf_counter()
+                    turn.text += delta
+                    yield Event("token", {"delta": delta})
+                    delta = await anext(tokens, _END)
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
             timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
@@ -314,15 +327,9 @@ class Answering:
     async def _save_sources(self, turn: Turn, nodes: list[NodeWithScore]) -> list[models.ChatSource]:
         """Saves the sources and marks the answer ``streaming``, in one statement."""
         rows = [_source_row(turn.assistant_id, rank, node) for rank, node in enumerate(nodes, 1)]
-        streaming = (
-            update(models.ChatMessage)
-            .where(models.ChatMessage.id == turn.assistant_id, models.ChatMessage.status == "pending")
-            .values(status="streaming", updated_at=utcnow())  # set here: onupdate defaults skip CTE statements
-        )
-        table = models.ChatSource.__table__
-        saved = insert(table).from_select(table.columns.keys(), _recordset(table))
+        params = {"answer_id": turn.assistant_id, "at": utcnow()} | _rows(models.ChatSource.__table__, rows)
         async with self.autocommit.connect() as db:
-            await db.execute(streaming.add_cte(saved.returning(table.c.id).cte("saved_sources")), _rows(table, rows))
+            await db.execute(_SAVE_SOURCES, params)
         return rows
 
     async def _complete(
@@ -359,34 +366,18 @@ class Answering:
                 ],
             },
         }
-        row = models.ChatMessage
-        completed = (
-            update(row)
-            .where(row.id == turn.assistant_id)
-            .values(
-                content=report.text,
-                status="completed",
-                tokens_prompt=prompt,
-                tokens_completion=completion,
-                tokens_total=prompt + completion,
-                processing_time_ms=_ms(turn.started),
-                message_metadata=metadata,
-                updated_at=utcnow(),
-            )
-            .returning(*row.__table__.columns)
-        )
-        table = models.ChatSource.__table__
-        checked = _recordset(table).subquery("checked")
-        verdicts = (
-            update(table)
-            .where(table.c.id == checked.c.id)
-            .values(cited=checked.c.cited, support=checked.c.support)
-            .returning(table.c.id)
-        )
+        params = {
+            "answer_id": turn.assistant_id,
+            "text": report.text,
+            "prompt": prompt,
+            "completion": completion,
+            "total": prompt + completion,
+            "took_ms": _ms(turn.started),
+            "metadata": metadata,
+            "at": utcnow(),
+        }
         async with self.autocommit.connect() as db:
-            message = (
-                await db.execute(completed.add_cte(verdicts.cte("verdicts")), _rows(table, turn.sources))
-            ).first()
+            message = (await db.execute(_COMPLETE, params | _rows(models.ChatSource.__table__, turn.sources))).first()
         if message is None:
             raise NotFound("the answer was deleted while it was being written")
         return message_json(message, turn.sources)
@@ -414,9 +405,9 @@ class Answering:
             )
 
 
-def _session_query(principal: Principal, session_id: uuid.UUID, *what):
+def _session_query(*what):
     """The caller's session (``what`` of it), with the answer in flight in it if any (``busy_id``,
-    ``busy_worker``), in one statement."""
+    ``busy_worker``), in one statement; its parameters are ``_owner``'s."""
     message = models.ChatMessage
     busy = (
         select(message.id, message.worker_id)
@@ -427,12 +418,13 @@ def _session_query(principal: Principal, session_id: uuid.UUID, *what):
     return (
         select(*what, busy.c.id.label("busy_id"), busy.c.worker_id.label("busy_worker"))
         .outerjoin(busy, true())
-        .where(
-            models.ChatSession.id == session_id,
-            models.ChatSession.user_id == principal.user_id,
-            models.ChatSession.organization_id == principal.organization_id,
-        )
+        .where(*_OWNED)
     )
+
+
+def _owner(principal: Principal, session_id: uuid.UUID) -> dict:
+    """The parameters of ``_OWNED``: this session, if it is the caller's."""
+    return {"owned_session": session_id, "owner": principal.user_id, "owner_organization": principal.organization_id}
 
 
 async def _admit(db: Executor, archived: bool | None, found: Row | None) -> None:
@@ -452,26 +444,65 @@ def _title(question: str) -> str:
     return question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
 
 
-def _ask(principal: Principal, session_id: uuid.UUID, title: str | None, at):
+def _ask():
     """One statement: the session is touched (its title from a first question, ``last_message_at``) if it is the
     caller's and not archived, and only then are the messages (``_rows``) inserted. Returns the first message's id,
-    or nothing when the session was not there to touch."""
+    or nothing when the session was not there to touch. Parameters: ``_owner``'s, ``title`` (None: unchanged),
+    ``at``, ``rows``."""
     session = models.ChatSession
+    at = bindparam("at", type_=DateTime(timezone=True))
     touched = (
         update(session)
-        .where(
-            session.id == session_id,
-            session.user_id == principal.user_id,
-            session.organization_id == principal.organization_id,
-            session.is_archived.is_(False),
-        )
-        .values(title=func.coalesce(title, session.title), last_message_at=at, updated_at=at)
+        .where(*_OWNED, session.is_archived.is_(False))
+        .values(title=func.coalesce(bindparam("title", type_=String), session.title), last_message_at=at, updated_at=at)
         .returning(session.id)
         .cte("touched")
     )
     table = models.ChatMessage.__table__
     rows = _recordset(table).where(exists(select(touched.c.id)))
     return insert(table).from_select(table.columns.keys(), rows).add_cte(touched).returning(table.c.id)
+
+
+def _save_sources():
+    """Saves the sources (``rows``) and marks the answer (``answer_id``) ``streaming`` if still pending, at ``at``
+    (set here: onupdate defaults skip CTE statements)."""
+    answer, table = models.ChatMessage, models.ChatSource.__table__
+    saved = insert(table).from_select(table.columns.keys(), _recordset(table)).returning(table.c.id)
+    return (
+        update(answer)
+        .where(answer.id == bindparam("answer_id"), answer.status == "pending")
+        .values(status="streaming", updated_at=bindparam("at"))
+        .add_cte(saved.cte("saved_sources"))
+    )
+
+
+def _complete():
+    """The answer (``answer_id``) completed: its text, token counts, time taken and metadata, at ``at``; and each
+    of its sources' verdicts (``rows``: ``cited``, ``support``). Returns the answer's row."""
+    answer, table = models.ChatMessage, models.ChatSource.__table__
+    checked = _recordset(table).subquery("checked")
+    verdicts = (
+        update(table)
+        .where(table.c.id == checked.c.id)
+        .values(cited=checked.c.cited, support=checked.c.support)
+        .returning(table.c.id)
+    )
+    return (
+        update(answer)
+        .where(answer.id == bindparam("answer_id"))
+        .values(
+            content=bindparam("text"),
+            status="completed",
+            tokens_prompt=bindparam("prompt"),
+            tokens_completion=bindparam("completion"),
+            tokens_total=bindparam("total"),
+            processing_time_ms=bindparam("took_ms"),
+            message_metadata=bindparam("metadata"),
+            updated_at=bindparam("at"),
+        )
+        .returning(*answer.__table__.columns)
+        .add_cte(verdicts.cte("verdicts"))
+    )
 
 
 def _recordset(table):
@@ -508,18 +539,20 @@ async def _history(
     db: AsyncSession | AsyncConnection, session_id: uuid.UUID, limit: int, *, before=None
 ) -> list[LLMMessage]:
     """The last ``limit`` completed messages before ``before`` (default: all), oldest first."""
-    window = [models.ChatMessage.session_id == session_id, models.ChatMessage.status == "completed"]
-    if before is not None:
-        window.append(models.ChatMessage.created_at < before)
-    rows = (
-        await db.execute(
-            select(models.ChatMessage.role, models.ChatMessage.content)
-            .where(*window)
-            .order_by(models.ChatMessage.created_at.desc(), models.ChatMessage.id.desc())
-            .limit(limit)
-        )
-    ).all()
+    params = {"history_session": session_id, "limit": limit}
+    statement = _HISTORY if before is None else _HISTORY_BEFORE
+    rows = (await db.execute(statement, params if before is None else params | {"before": before})).all()
     return [LLMMessage(role=m.role, content=m.content) for m in reversed(rows)]
+
+
+def _history_query(*where):
+    message = models.ChatMessage
+    return (
+        select(message.role, message.content)
+        .where(message.session_id == bindparam("history_session"), message.status == "completed", *where)
+        .order_by(message.created_at.desc(), message.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
 
 
 def _source_row(message_id: uuid.UUID, rank: int, node: NodeWithScore) -> models.ChatSource:
@@ -566,3 +599,19 @@ def _failure(exc: Exception) -> tuple[str, bool, bool]:
 
 def _ms(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
+
+
+# The statements answers send, built once: building one costs more CPU than sending it (270 us against 200 us for
+# the session's), and SQLAlchemy caches what it compiles, not what it is given.
+_OWNED = (
+    models.ChatSession.id == bindparam("owned_session"),
+    models.ChatSession.user_id == bindparam("owner"),
+    models.ChatSession.organization_id == bindparam("owner_organization"),
+)
+_SESSION_ROW = _session_query(*models.ChatSession.__table__.columns)
+_SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
+_ASK = _ask()
+_SAVE_SOURCES = _save_sources()
+_COMPLETE = _complete()
+_HISTORY = _history_query()
+_HISTORY_BEFORE = _history_query(models.ChatMessage.created_at < bindparam("before"))

@@ -39,7 +39,16 @@ from citechat.retrievers.base import RetrievalUnavailable
 from citechat.telemetry import NO_TELEMETRY, Telemetry
 
 
-class SourceGate(BaseNodePostprocessor):
+class _OnTheLoop(BaseNodePostprocessor):
+    """A postprocessor cheap enough to run on the event loop: LlamaIndex runs ``_postprocess_nodes`` in a worker
+    thread by default, a thread hop (and a wait for a free worker under load) per postprocessor per answer for a
+    filter over a handful of passages."""
+
+    async def _apostprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None):
+        return self._postprocess_nodes(nodes, query_bundle)
+
+
+class SourceGate(_OnTheLoop):
     """Drops passages below ``min_similarity`` (dense cosine, or the backend's score where there is none)."""
 
     min_similarity: float | None = None
@@ -50,7 +59,7 @@ class SourceGate(BaseNodePostprocessor):
         return [n for n in nodes if _relevance(n) >= self.min_similarity]
 
 
-class NumberSources(BaseNodePostprocessor):
+class NumberSources(_OnTheLoop):
     """Numbers the passages in order and records them (unnumbered) for saving and for the extractive answerer."""
 
     _kept: list[NodeWithScore] = PrivateAttr(default_factory=list)
@@ -198,7 +207,7 @@ async def _deltas(llm: LLM, messages: list[ChatMessage]) -> AsyncIterator[str]:
 _NO_SOURCES = "There are no documents to answer from yet: upload some, then ask again."
 
 
-class _FeedPassages(BaseNodePostprocessor):
+class _FeedPassages(_OnTheLoop):
     """Hands the passages to the extractive answerer (it answers from them, not from a prompt)."""
 
     llm: ExtractiveLLM

@@ -19,7 +19,7 @@ from typing import Literal
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from sqlalchemy import delete, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,6 +37,7 @@ MATCH_BUDGET = 2000  # and only while the chunks they match add up to no more th
 DENSE_WEIGHT = 0.4
 _WORDS = re.compile(r"\w+")
 
+_RECORDED_MODEL = select(models.EmbeddingIndex.model).where(models.EmbeddingIndex.id == 1)
 _HYBRID = text("""
 WITH stats AS (
     SELECT chunks::float8 AS n, greatest(total_length::float8 / greatest(chunks, 1), 1) AS avgdl
@@ -227,14 +228,14 @@ class LocalIndex:
         self, organization: Organization, query: str, top_k: int, *, mode: SearchMode = "hybrid"
     ) -> list[NodeWithScore]:
         """``mode``: ``hybrid`` (the default and what answers use), or one ranking alone, for evaluation."""
-        await self.check_model()
         [vector] = await self._embedder.embed([query])
         return await self.search_vector(organization, query, vector, top_k, mode=mode)
 
     async def search_vector(
         self, organization: Organization, query: str, vector: list[float], top_k: int, *, mode: SearchMode = "hybrid"
     ) -> list[NodeWithScore]:
-        """``search`` with the query's embedding already computed."""
+        """``search`` with the query's embedding already computed (by the configured model: an index built by
+        another is refused, in the search's own transaction)."""
         candidates = max(CANDIDATES, top_k)
         params = {
             "query": query,
@@ -249,6 +250,7 @@ class LocalIndex:
             "top_k": top_k,
         }
         async with self._sessions() as db, db.begin():
+            self._refuse_other_model(await db.scalar(_RECORDED_MODEL))
             await db.execute(text(f"SET LOCAL hnsw.ef_search = {max(100, candidates)}"))
             rows = (await db.execute(_HYBRID, params)).all()
         return [_node(row) for row in rows]
@@ -262,11 +264,14 @@ class LocalIndex:
                 record = {"id": 1, "model": self._embedder.model_name, "dimensions": self._embedder.dimensions}
                 await db.execute(insert(models.EmbeddingIndex).values(record).on_conflict_do_nothing())
                 recorded = await db.get(models.EmbeddingIndex, 1)
-            if recorded.model != self._embedder.model_name:
-                raise IndexMismatch(
-                    f"the document index was built with {recorded.model} but {self._embedder.model_name} is "
-                    "configured: run `citechat reindex` (or configure the original model)"
-                )
+            self._refuse_other_model(recorded.model)
+
+    def _refuse_other_model(self, recorded: str | None) -> None:
+        if recorded is not None and recorded != self._embedder.model_name:
+            raise IndexMismatch(
+                f"the document index was built with {recorded} but {self._embedder.model_name} is "
+                "configured: run `citechat reindex` (or configure the original model)"
+            )
 
     async def adopt_model(self) -> None:
         """Mark the index as built by the configured model (``citechat reindex`` calls this, then re-embeds)."""
