@@ -187,6 +187,16 @@ async def test_astream_text_streams_the_text_in_one_span_without_per_token_event
     assert seen == ["Answer ", "from "]
 
 
+async def test_answers_share_one_connection(make, standin):
+    """A streamed answer is read to its end, [DONE] and the chunked body's terminator: a response left unread is
+    closed by httpx, not pooled, and each answer would open a new connection (against OpenAI, a TLS handshake)."""
+    for _ in range(3):
+        assert "".join([piece async for piece in await make().astream_text(MESSAGES)]) == DEFAULT_ANSWER
+    await _stream(make())
+    await make().achat(MESSAGES)
+    assert len(standin.client_ports) == 5 and len(set(standin.client_ports)) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "error", "detail", "retryable", "attempts"),
     [

@@ -308,18 +308,23 @@ class _Answer:
 
 async def _events(response: httpx.Response) -> AsyncIterator[dict]:
     """The JSON payloads of a Server-Sent Events stream, up to ``data: [DONE]`` (comments and other fields are
-    skipped; an event's several ``data:`` lines are joined, as the SSE standard says)."""
+    skipped; an event's several ``data:`` lines are joined, as the SSE standard says). The body is read to its end
+    even so: httpx pools a connection only once its response was read whole, and closes it otherwise."""
     data: list[str] = []
+    done = False
     async for line in response.aiter_lines():
+        if done:
+            continue
         if line.startswith("data:"):
             data.append(line[6:] if line[5:6] == " " else line[5:])
         elif not line and data:
             payload = data[0] if len(data) == 1 else "\n".join(data)
             data = []
             if payload == "[DONE]":
-                return
+                done = True
+                continue
             yield json.loads(payload)
-    if data and (payload := "\n".join(data)) != "[DONE]":  # the last event, unterminated
+    if data and not done and (payload := "\n".join(data)) != "[DONE]":  # the last event, unterminated
         yield json.loads(payload)
 
 

@@ -23,8 +23,9 @@ everything else with ``DEFAULT_ANSWER``. ``max_tokens``/``max_completion_tokens`
 (``finish_reason: "length"``). Token counts are word counts. Faults: ``fail_next`` (OpenAI error JSON for the next
 requests, optionally with ``retry-after-ms``), ``delay_s`` (before answering), ``stream_delay_s`` (between chunks),
 ``stream_error_after`` (an error event in the stream after that many words, which the SDK raises as ``APIError``).
-Every chat request body is kept in ``requests`` (its headers in ``request_headers``) so tests can assert what was
-sent: system prompt, history, model, temperature.
+Every chat request body is kept in ``requests`` (its headers in ``request_headers``, the client's port in
+``client_ports``: one port, one connection) so tests can assert what was sent: system prompt, history, model,
+temperature.
 """
 
 import asyncio
@@ -156,6 +157,7 @@ class OpenAIStandIn:
         self.queued_answers: deque[Answer] = deque(self._initial_answers)
         self.requests: list[Body] = []
         self.request_headers: list[dict[str, str]] = []
+        self.client_ports: list[int] = []  # per chat request: the client's end of its connection
         self.delay_s = 0.0
         self.stream_delay_s = 0.0
         self.stream_error_after: int | None = None
@@ -219,6 +221,7 @@ class OpenAIStandIn:
         self.answer_fn = self._initial_answer_fn
         self.requests.clear()
         self.request_headers.clear()
+        self.client_ports.clear()
         self.delay_s = self.stream_delay_s = 0.0
         self.stream_error_after = None
 
@@ -302,6 +305,7 @@ class OpenAIStandIn:
             body = None
         self.requests.append(body if isinstance(body, dict) else {"invalid_body": body})
         self.request_headers.append(dict(request.headers))
+        self.client_ports.append(request.client.port if request.client else 0)
         if (refused := await self._gate(request)) is not None:
             return refused
         if not isinstance(body, dict):
