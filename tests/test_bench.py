@@ -63,6 +63,10 @@ def test_overhead_benchmark_smoke(tmp_path: Path):
         served_from_database = r["path"] != "floor"
         assert (r["db_statements_per_message"] > 0) == served_from_database
         assert (r["retrieval_ms"]["p50"] > 0) == served_from_database
+    assert [(r["path"], r["streams"], r["messages"]) for r in report["bursts"]] == [
+        (path, n, n) for n in streams if n > 1 for path in ("floor", "citechat", "llamaindex")
+    ]
+    assert all(r["errors"] == 0 and r["ttft_ms"]["p50"] >= pace["first_token_ms"] for r in report["bursts"])
     assert set(report["goals"]) == {"overhead_p95_ms_at_16", "overhead_p95_vs_floor_at_16"}
     assert "| citechat |" in (tmp_path / "overhead.md").read_text()
 

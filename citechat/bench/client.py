@@ -56,18 +56,24 @@ async def stream(http: httpx.AsyncClient, tag: str, url: str, *, json_body: dict
     return Sample(tag, ttft, total, done=data, retrieval_ms=float(retrieval))
 
 
-async def run_level(send: Callable[[int], Awaitable[Sample]], *, concurrency: int, messages: int) -> list[Sample]:
+async def run_level(
+    send: Callable[[int], Awaitable[Sample]], *, concurrency: int, messages: int, ramp_s: float = 0.0
+) -> list[Sample]:
     """Sends ``messages`` answers, ``concurrency`` in flight at any time (each slot sends its next as soon as its
-    previous one ended); ``send(i)`` sends the ``i``-th."""
+    previous one ended); ``send(i)`` sends the ``i``-th. ``ramp_s``: the slots start that far apart in all (slot
+    ``k`` sends its first, the ``k``-th message, ``k * ramp_s / concurrency`` s after the first), as a load test
+    ramps up, instead of all at once. Returns the samples in the order the messages were numbered."""
     queue = iter(range(messages))
-    samples: list[Sample] = []
+    samples: dict[int, Sample] = {}
 
-    async def slot() -> None:
-        for i in queue:
-            samples.append(await send(i))
+    async def slot(k: int) -> None:
+        for n, i in enumerate(queue):
+            if n == 0 and ramp_s:
+                await asyncio.sleep(k * ramp_s / concurrency)
+            samples[i] = await send(i)
 
-    await asyncio.gather(*(slot() for _ in range(concurrency)))
-    return samples
+    await asyncio.gather(*(slot(k) for k in range(concurrency)))
+    return [samples[i] for i in range(messages)]
 
 
 def _last_event(buffer: bytes) -> tuple[str | None, dict]:

@@ -6,12 +6,17 @@ reports it per tag) - retrieval time (citechat's ``done`` event reports it; the 
 retriever; the floor has none). Per run: throughput, CPU-ms per message of the serving process (psutil), database
 statements and transactions per message (SQLAlchemy events, ``queries.py``), errors.
 
-The three paths run one after another at each concurrency, so they see the same machine at nearly the same time;
-each first answers one unmeasured round at that concurrency.
+Each run is a steady state, as a load test measures one: the streams start spread over one answer's time (a
+ramp-up), each stream's first message is not measured, and the figures are those of the messages after it. Started
+all at once, the streams would stay in step (each round's answers start together, and one event loop shares its
+CPU among them until all are set up, so they also end together) and every message would measure the queue of
+the whole round: that case, every stream sending at the same moment, is measured too, as one round per path
+(``bursts``), and reported beside the steady state rather than as it.
+
+The three paths run one after another at each concurrency, so they see the same machine at nearly the same time.
 """
 
 import math
-import time
 
 import httpx
 
@@ -39,10 +44,12 @@ async def run(stack: Stack, levels: dict[int, int], *, warm_up: int = WARM_UP) -
                 await path.prepare(1, warm_up)
                 await run_level(path.send, concurrency=1, messages=warm_up)
             await http.get(f"{stack.generator.url}/bench/timings")  # forget the warm-up's
-            runs = []
+            runs, bursts = [], []
             for streams, messages in levels.items():
                 for path in paths:
                     runs.append(await _measure(stack, http, path, streams, messages))
+                for path in paths if streams > 1 else []:
+                    bursts.append(await _burst(stack, http, path, streams))
     finally:
         counter.uninstall()
     return {
@@ -54,55 +61,57 @@ async def run(stack: Stack, levels: dict[int, int], *, warm_up: int = WARM_UP) -
         "corpus": stack.corpus,
         "counting": "db statements, and transactions sent as BEGIN...COMMIT (autocommit statements are none):"
         " SQLAlchemy engine events in the serving process (pings excluded)",
+        "method": "steady state: streams started one answer's time apart in all, each stream's first message not"
+        " measured; bursts: one round of every stream sent at the same moment",
         "runs": runs,
+        "bursts": bursts,
         "goals": _goals(runs),
     }
 
 
 async def _measure(stack: Stack, http: httpx.AsyncClient, path, streams: int, messages: int) -> dict:
-    # One unmeasured round at this concurrency first: every path then has the connections it needs (to the
-    # generator, to the database) open, and none of them is timed opening them.
-    await path.prepare(streams, streams)
-    await run_level(path.send, concurrency=streams, messages=streams)
-    await http.get(f"{stack.generator.url}/bench/timings")  # forget the warm-up's
-    await path.prepare(streams, messages)
+    """``messages`` measured at ``streams`` in a steady state: one more per stream is sent first (the ramp-up,
+    which also opens every connection the path needs), and CPU and database work count all that was sent."""
+    sent = streams + messages
+    await path.prepare(streams, sent)
     cpu, queries = path.cpu_s(), await path.queries()
-    started = time.perf_counter()
-    samples = await run_level(path.send, concurrency=streams, messages=messages)
-    wall = time.perf_counter() - started
+    ramp_s = stack.pace.total_ms / 1000 if streams > 1 else 0.0
+    samples = await run_level(path.send, concurrency=streams, messages=sent, ramp_s=ramp_s)
     cpu, queries_after = path.cpu_s() - cpu, await path.queries()
     generator_ms = (await http.get(f"{stack.generator.url}/bench/timings")).json()
-    return _summary(path.name, streams, samples, generator_ms, wall, cpu, queries, queries_after)
+    measured = samples[streams:]
+    summary = _summary(path.name, streams, measured, generator_ms)
+    mean_s = sum(s.total_ms for s in measured) / len(measured) / 1000
+    return summary | {
+        "messages_per_s": round(streams / mean_s, 2),  # each stream sends its next as soon as one ends
+        "cpu_ms_per_message": round(cpu * 1000 / sent, 1),
+        "db_statements_per_message": round((queries_after["statements"] - queries["statements"]) / sent, 1),
+        "db_transactions_per_message": round((queries_after["transactions"] - queries["transactions"]) / sent, 1),
+    }
 
 
-def _summary(
-    name: str,
-    streams: int,
-    samples: list[Sample],
-    generator_ms: dict[str, float],
-    wall_s: float,
-    cpu_s: float,
-    before: dict,
-    after: dict,
-) -> dict:
+async def _burst(stack: Stack, http: httpx.AsyncClient, path, streams: int) -> dict:
+    """One message per stream, all sent at the same moment."""
+    await path.prepare(streams, streams)
+    samples = await run_level(path.send, concurrency=streams, messages=streams)
+    generator_ms = (await http.get(f"{stack.generator.url}/bench/timings")).json()
+    return _summary(path.name, streams, samples, generator_ms)
+
+
+def _summary(name: str, streams: int, samples: list[Sample], generator_ms: dict[str, float]) -> dict:
     ok = [s for s in samples if s.error is None and s.ttft_ms is not None and s.tag in generator_ms]
     errors = [s.error or "no first token or no generator timing" for s in samples if s not in ok]
     overhead = [s.total_ms - generator_ms[s.tag] - s.retrieval_ms for s in ok]
-    n = len(samples)
     return {
         "path": name,
         "streams": streams,
-        "messages": n,
+        "messages": len(samples),
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:3],
         "ttft_ms": _percentiles([s.ttft_ms for s in ok]),
         "overhead_ms": _percentiles(overhead),
         "generator_ms": _percentiles([generator_ms[s.tag] for s in ok]),
         "retrieval_ms": _percentiles([s.retrieval_ms for s in ok]),
-        "messages_per_s": round(n / wall_s, 2),
-        "cpu_ms_per_message": round(cpu_s * 1000 / n, 1),
-        "db_statements_per_message": round((after["statements"] - before["statements"]) / n, 1),
-        "db_transactions_per_message": round((after["transactions"] - before["transactions"]) / n, 1),
     }
 
 
@@ -131,7 +140,8 @@ def markdown(report: dict) -> str:
     pace = report["pace"]
     lines = [
         f"Paced generator: first token after {pace['first_token_ms']:.0f} ms, then {pace['tokens']} tokens at "
-        f"{pace['token_ms']:.0f} ms each. Overhead = total time - generator's time - retrieval time. Index: "
+        f"{pace['token_ms']:.0f} ms each. Overhead = total time - generator's time - retrieval time. Steady state"
+        " (streams ramped up over one answer's time, each stream's first message not measured). Index: "
         f"{report['corpus']['documents']} documents, {report['corpus']['chunks']:,} chunks.",
         "",
         "| streams | path | TTFT p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | msgs/s | CPU ms/msg "
@@ -145,6 +155,20 @@ def markdown(report: dict) -> str:
             f"{o['p50']} / {o['p95']} / {o['p99']} | {r['messages_per_s']} | {r['cpu_ms_per_message']} | "
             f"{r['db_statements_per_message']} ({r['db_transactions_per_message']}) | {r['errors']} |"
         )
+    if report.get("bursts"):
+        lines += [
+            "",
+            "Every stream sending at the same moment (one round per path; not the steady state the goal is about):",
+            "",
+            "| streams | path | TTFT p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | errors |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for r in report["bursts"]:
+            t, o = r["ttft_ms"], r["overhead_ms"]
+            lines.append(
+                f"| {r['streams']} | {r['path']} | {t['p50']} / {t['p95']} / {t['p99']} | "
+                f"{o['p50']} / {o['p95']} / {o['p99']} | {r['errors']} |"
+            )
     for name, goal in report["goals"].items():
         lines.append("")
         lines.append(f"Goal {name} <= {goal['goal']}: {goal['value']} ({'met' if goal['met'] else 'missed'}).")
