@@ -149,10 +149,8 @@ def markdown(report: dict) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["runs"]:
-        t, o = r["ttft_ms"], r["overhead_ms"]
         lines.append(
-            f"| {r['streams']} | {r['path']} | {t['p50']} / {t['p95']} / {t['p99']} | "
-            f"{o['p50']} / {o['p95']} / {o['p99']} | {r['messages_per_s']} | {r['cpu_ms_per_message']} | "
+            f"{_latencies(r)} {r['messages_per_s']} | {r['cpu_ms_per_message']} | "
             f"{r['db_statements_per_message']} ({r['db_transactions_per_message']}) | {r['errors']} |"
         )
     if report.get("bursts"):
@@ -163,13 +161,17 @@ def markdown(report: dict) -> str:
             "| streams | path | TTFT p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | errors |",
             "|---:|---|---:|---:|---:|",
         ]
-        for r in report["bursts"]:
-            t, o = r["ttft_ms"], r["overhead_ms"]
-            lines.append(
-                f"| {r['streams']} | {r['path']} | {t['p50']} / {t['p95']} / {t['p99']} | "
-                f"{o['p50']} / {o['p95']} / {o['p99']} | {r['errors']} |"
-            )
+        lines += [f"{_latencies(r)} {r['errors']} |" for r in report["bursts"]]
     for name, goal in report["goals"].items():
         lines.append("")
         lines.append(f"Goal {name} <= {goal['goal']}: {goal['value']} ({'met' if goal['met'] else 'missed'}).")
     return "\n".join(lines) + "\n"
+
+
+def _latencies(run: dict) -> str:
+    """A table row's first cells: streams, path, time to first token, overhead."""
+    t, o = run["ttft_ms"], run["overhead_ms"]
+    return (
+        f"| {run['streams']} | {run['path']} | {t['p50']} / {t['p95']} / {t['p99']} | "
+        f"{o['p50']} / {o['p95']} / {o['p99']} |"
+    )
