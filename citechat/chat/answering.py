@@ -444,7 +444,7 @@ def _title(question: str) -> str:
     return question[:TITLE_LENGTH] + ("..." if len(question) > TITLE_LENGTH else "")
 
 
-def _ask():
+def _ask_statement():
     """One statement: the session is touched (its title from a first question, ``last_message_at``) if it is the
     caller's and not archived, and only then are the messages (``_rows``) inserted. Returns the first message's id,
     or nothing when the session was not there to touch. Parameters: ``_owner``'s, ``title`` (None: unchanged),
@@ -463,7 +463,7 @@ def _ask():
     return insert(table).from_select(table.columns.keys(), rows).add_cte(touched).returning(table.c.id)
 
 
-def _save_sources():
+def _save_sources_statement():
     """Saves the sources (``rows``) and marks the answer (``answer_id``) ``streaming`` if still pending, at ``at``
     (set here: onupdate defaults skip CTE statements)."""
     answer, table = models.ChatMessage, models.ChatSource.__table__
@@ -476,7 +476,7 @@ def _save_sources():
     )
 
 
-def _complete():
+def _complete_statement():
     """The answer (``answer_id``) completed: its text, token counts, time taken and metadata, at ``at``; and each
     of its sources' verdicts (``rows``: ``cited``, ``support``). Returns the answer's row."""
     answer, table = models.ChatMessage, models.ChatSource.__table__
@@ -545,7 +545,7 @@ async def _history(
     return [LLMMessage(role=m.role, content=m.content) for m in reversed(rows)]
 
 
-def _history_query(*where):
+def _history_statement(*where):
     message = models.ChatMessage
     return (
         select(message.role, message.content)
@@ -610,8 +610,8 @@ _OWNED = (
 )
 _SESSION_ROW = _session_query(*models.ChatSession.__table__.columns)
 _SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
-_ASK = _ask()
-_SAVE_SOURCES = _save_sources()
-_COMPLETE = _complete()
-_HISTORY = _history_query()
-_HISTORY_BEFORE = _history_query(models.ChatMessage.created_at < bindparam("before"))
+_ASK = _ask_statement()
+_SAVE_SOURCES = _save_sources_statement()
+_COMPLETE = _complete_statement()
+_HISTORY = _history_statement()
+_HISTORY_BEFORE = _history_statement(models.ChatMessage.created_at < bindparam("before"))
