@@ -539,9 +539,10 @@ async def _history(
     db: AsyncSession | AsyncConnection, session_id: uuid.UUID, limit: int, *, before=None
 ) -> list[LLMMessage]:
     """The last ``limit`` completed messages before ``before`` (default: all), oldest first."""
-    params = {"history_session": session_id, "limit": limit}
-    statement = _HISTORY if before is None else _HISTORY_BEFORE
-    rows = (await db.execute(statement, params if before is None else params | {"before": before})).all()
+    statement, params = _HISTORY, {"history_session": session_id, "limit": limit}
+    if before is not None:
+        statement, params = _HISTORY_BEFORE, params | {"before": before}
+    rows = (await db.execute(statement, params)).all()
     return [LLMMessage(role=m.role, content=m.content) for m in reversed(rows)]
 
 

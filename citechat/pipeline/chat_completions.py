@@ -204,7 +204,7 @@ class ChatCompletionsLLM(LLM):
         """``astream_chat`` as the answer's text pieces, in one LLM span with its start and end events (the end one
         with the whole answer, usage and finish reason, as tracing reads them) and nothing per token: LlamaIndex's
         ``astream_chat`` adds an in-progress event (a pydantic object with a UUID, which tracing only reads for a
-        finish reason the end event has too) and a ``ChatResponse`` to every token, a fifth of an answer's CPU."""
+        finish reason the end event has too) and a ``ChatResponse`` to every token: 4 of an answer's 31 ms of CPU."""
         span_id = active_span_id.get()
         start = LLMChatStartEvent(
             model_dict=self.to_payload(), messages=messages, additional_kwargs=kwargs, span_id=span_id

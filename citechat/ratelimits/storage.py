@@ -59,11 +59,9 @@ class PostgresQuotaStore:
         back with it."""
         self._engine = autocommit
         self._user_limit, self._org_limit = per_user_per_hour, per_org_per_day
-        self._limits = {"user_limit": per_user_per_hour, "user_window": HOUR_S, "org_limit": per_org_per_day}
-        self._limits["org_window"] = DAY_S
 
     async def consume(self, user_key: str, org_key: str) -> Windows:
-        row = await self._one(_CONSUME, {"user_key": user_key, "org_key": org_key, **self._limits})
+        row = await self._one(_CONSUME, user_key, org_key)
         user, org = (
             Window(row.user_hits, row.user_oldest, self._user_limit),
             Window(row.org_hits, row.org_oldest, self._org_limit),
@@ -71,13 +69,13 @@ class PostgresQuotaStore:
         return Windows(user, org, row.refused)
 
     async def windows(self, user_key: str, org_key: str) -> Windows:
-        user_hits, user_oldest, org_hits, org_oldest, now = await self._one(
-            _WINDOWS, {"user_key": user_key, "org_key": org_key, **self._limits}
-        )
+        user_hits, user_oldest, org_hits, org_oldest, now = await self._one(_WINDOWS, user_key, org_key)
         user = Window(user_hits, user_oldest or now, self._user_limit)
         return Windows(user, Window(org_hits, org_oldest or now, self._org_limit))
 
-    async def _one(self, statement, params: dict):
+    async def _one(self, statement, user_key: str, org_key: str):
+        params = {"user_key": user_key, "user_limit": self._user_limit, "user_window": HOUR_S}
+        params |= {"org_key": org_key, "org_limit": self._org_limit, "org_window": DAY_S}
         try:
             async with self._engine.connect() as db:
                 return (await db.execute(statement, params)).one()
