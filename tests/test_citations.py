@@ -2,6 +2,7 @@
 
 import pytest
 
+from citechat.pipeline import citations
 from citechat.pipeline.citations import (
     SUPPORT_THRESHOLD,
     SourceCheck,
@@ -211,3 +212,18 @@ def test_markers_lists_every_number_in_order():
 )
 def test_split_pending_holds_back_an_unfinished_marker(text: str, parts: tuple[str, str]):
     assert split_pending(text) == parts
+
+
+def test_passages_found_ahead_give_the_same_report_and_leave_only_the_answer_to_read(monkeypatch):
+    answers = [
+        "Revenue rose to 7.4 million in 2023 [1]. Headcount reached 1,200 [3].",
+        "Revenue rose to 9.9 million [1, 2]. The cafeteria serves lunch [2][7].",
+    ]
+    passages = citations.Passages(SOURCES)
+    read = []
+    real = citations.content_terms
+    monkeypatch.setattr(citations, "content_terms", lambda text: read.append(text) or real(text))
+    for answer in answers:
+        assert verify(answer, passages) == verify(answer, SOURCES)
+    sources_read = [text for text in read if text in SOURCES]
+    assert len(sources_read) == 2 * len(SOURCES)  # by the plain-text calls only, once each

@@ -108,6 +108,33 @@ async def test_messages_carry_quota_headers_and_the_fourth_is_refused(limited, i
     assert (quotas["organization"]["limit"], quotas["organization"]["remaining"]) == (5, 2)
 
 
+async def test_a_refused_question_costs_no_quota(limited, identity):
+    """The session is checked in the statement that counts the question, and counting waits for the check."""
+    _, client = limited
+    headers, stranger = identity(), identity()
+    archived = await session_of(client, headers)
+    assert (await client.post(f"{API}/session/{archived}/archive", headers=headers)).status_code == 204
+    refusals = [
+        (archived, headers, 409),
+        (await session_of(client, stranger), headers, 404),  # someone else's
+        (str(uuid.uuid4()), headers, 404),
+    ]
+    for session_id, who, status in refusals * 2:
+        refused = await client.post(
+            f"{API}/message", params={"session_id": session_id}, json={"question": "hi?"}, headers=who
+        )
+        assert refused.status_code == status, refused.text
+    quotas = (await client.get(f"{API}/limits", headers=headers)).json()
+    assert quotas["user"]["remaining"] == 3
+    sent = await client.post(
+        f"{API}/message",
+        params={"session_id": await session_of(client, headers)},
+        json={"question": "hi?"},
+        headers=headers,
+    )
+    assert sent.status_code == 200 and sent.headers["X-RateLimit-Remaining"] == "2"
+
+
 async def test_organization_limit_is_named(limited, identity):
     _, client = limited
     org = f"org-{uuid.uuid4().hex[:8]}"

@@ -24,17 +24,19 @@ from sqlalchemy import (
     DateTime,
     Integer,
     String,
+    and_,
     bindparam,
     delete,
     exists,
     func,
     insert,
+    literal,
     literal_column,
     select,
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -49,6 +51,7 @@ from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
+from citechat.ratelimits import storage
 from citechat.ratelimits.service import Quota, RateLimited, RateLimits
 from citechat.retrievers.base import IndexBackend, Organization
 from citechat.telemetry import NO_TELEMETRY, Telemetry
@@ -111,13 +114,15 @@ class Answering:
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         model = self.llms.choose(request.model)
-        async with self.autocommit.connect() as db:  # refusals first, so they cost no quota
-            session = await self._session_row(db, principal, session_id)
-        # The quota is counted outside any transaction (one holding a pooled connection while the quota store waits
-        # for another would starve the pool under a burst), while the history is read on a connection of its own.
-        quota, history = await asyncio.gather(
-            self._count(principal), self._recent(session_id, session.max_context_messages)
-        )
+        # One round trip admits the question: the session checked (refusals first, so they cost no quota), its
+        # history read and, when the quotas are kept in the database, the question counted; then one stores it.
+        counting = self.limits.in_statement(principal)
+        params = _owner(principal, session_id) | (counting or {})
+        async with self.autocommit.connect() as db:
+            session = (await db.execute(_ADMIT if counting is None else _ADMIT_COUNTING, params)).first()
+            await _admit(db, session and session.is_archived, session)
+        quota = await self._count(principal, admitted=session if counting is not None else None)
+        history = [LLMMessage(role=m["role"], content=m["content"]) for m in session.history]
         mode = ResponseMode(request.mode or session.response_mode)
         asked = utcnow()
         user = models.ChatMessage(
@@ -142,10 +147,6 @@ class Answering:
                 raise NotFound("chat session not found")
         metadata, question = assistant.message_metadata, request.question
         return Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
-
-    async def _recent(self, session_id: uuid.UUID, limit: int) -> list[LLMMessage]:
-        async with self.autocommit.connect() as db:
-            return await _history(db, session_id, limit)
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
@@ -178,8 +179,12 @@ class Answering:
                 raise Conflict(BUSY) from exc
             return Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
 
-    async def _count(self, principal: Principal) -> Quota:
+    async def _count(self, principal: Principal, *, admitted: Row | None = None) -> Quota:
+        """Counts the message, or reads how the admitting statement counted it (``admitted``: its row, when it
+        counted; it does not when an orphaned answer stood in the way, marked failed since)."""
         try:
+            if admitted is not None and admitted.user_hits is not None:
+                return self.limits.consumed(admitted)
             return await self.limits.consume(principal)
         except RateLimited as refused:
             self.telemetry.metrics.rate_limited(refused.quota.scope)
@@ -265,11 +270,16 @@ class Answering:
             )
             timings |= generation.timings_ms
             async with aclosing(generation.tokens) as tokens:
-                # The model is asked now, and the sources are saved while it thinks of its first token.
+                # The model is asked now (the request is on its way before anything else runs), and the sources
+                # are saved while it thinks of its first token.
                 first = asyncio.ensure_future(anext(tokens, _END))
                 try:
+                    await asyncio.sleep(0)
                     turn.sources = await self._save_sources(turn, generation.sources)
                     yield Event("sources", {"sources": [source_json(s) for s in turn.sources]})
+                    # Their terms are found now, while the model thinks, so that checking the citations after
+                    # the last token reads only the answer.
+                    passages = citations.Passages([source.chunk_text for source in turn.sources])
                     stage, first_token = "generation", None
                     delta = await first
                 finally:
@@ -287,9 +297,7 @@ class Answering:
             timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
             turn.finishing = True
-            report = citations.verify(
-                turn.text, [s.node.get_content(metadata_mode=MetadataMode.NONE) for s in generation.sources]
-            )
+            report = citations.verify(turn.text, passages)
             usage = getattr(llm, "usage", None) or {}
             message = await _persisting(
                 lambda: self._complete(turn, report, timings, prompts.version, generation.refused, usage)
@@ -405,21 +413,51 @@ class Answering:
             )
 
 
-def _session_query(*what):
-    """The caller's session (``what`` of it), with the answer in flight in it if any (``busy_id``,
-    ``busy_worker``), in one statement; its parameters are ``_owner``'s."""
+def _in_flight():
+    """The answer in flight in the session of the enclosing query, if any: a lateral subquery (``id``,
+    ``worker_id``)."""
     message = models.ChatMessage
-    busy = (
+    return (
         select(message.id, message.worker_id)
         .where(message.session_id == models.ChatSession.id, message.status.in_(IN_FLIGHT))
         .limit(1)
         .lateral("busy")
     )
-    return (
-        select(*what, busy.c.id.label("busy_id"), busy.c.worker_id.label("busy_worker"))
-        .outerjoin(busy, true())
-        .where(*_OWNED)
+
+
+def _session_query(*what, joined=()):
+    """The caller's session (``what`` of it), with the answer in flight in it if any (``busy_id``,
+    ``busy_worker``) and the lateral subqueries ``joined`` (which may read both), in one statement; its parameters
+    are ``_owner``'s."""
+    source = models.ChatSession.__table__.outerjoin(_BUSY, true())
+    for lateral in joined:
+        source = source.outerjoin(lateral, true())
+    busy = (_BUSY.c.id.label("busy_id"), _BUSY.c.worker_id.label("busy_worker"))
+    return select(*what, *busy).select_from(source).where(*_OWNED)
+
+
+def _admit_statement(*, counting: bool):
+    """The caller's session (``_session_query``) with its history (``history``: its last completed messages,
+    as many as it keeps in context, oldest first, as JSON) and, when ``counting``, the question counted against
+    the quotas (``storage.consumed_when``'s columns) if the session may be asked in now (not archived, nothing in
+    flight), in one statement. Parameters: ``_owner``'s, and the quota's when counting (``RateLimits.in_statement``)."""
+    session, message = models.ChatSession, models.ChatMessage
+    recent = (
+        select(message.role, message.content, message.created_at, message.id)
+        .where(message.session_id == session.id, message.status == "completed")
+        .order_by(message.created_at.desc(), message.id.desc())
+        .limit(session.max_context_messages)
+        .correlate(session)
+        .subquery("recent")
     )
+    turn = func.jsonb_build_object("role", recent.c.role, "content", recent.c.content)
+    ordered = aggregate_order_by(turn, recent.c.created_at, recent.c.id)
+    history = select(func.coalesce(func.jsonb_agg(ordered), literal([], JSONB)).label("messages")).lateral("history")
+    columns = (*session.__table__.columns, history.c.messages.label("history"))
+    if not counting:
+        return _session_query(*columns, joined=[history])
+    quota = storage.consumed_when(and_(session.is_archived.is_(False), _BUSY.c.id.is_(None)))
+    return _session_query(*columns, *quota.c, joined=[history, quota])
 
 
 def _owner(principal: Principal, session_id: uuid.UUID) -> dict:
@@ -609,7 +647,10 @@ _OWNED = (
     models.ChatSession.user_id == bindparam("owner"),
     models.ChatSession.organization_id == bindparam("owner_organization"),
 )
+_BUSY = _in_flight()
 _SESSION_ROW = _session_query(*models.ChatSession.__table__.columns)
+_ADMIT = _admit_statement(counting=False)
+_ADMIT_COUNTING = _admit_statement(counting=True)
 _SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
 _ASK = _ask_statement()
 _SAVE_SOURCES = _save_sources_statement()

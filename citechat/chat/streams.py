@@ -105,9 +105,10 @@ class AnswerStream:
                 offset = len(text)
                 await self._gather()
                 continue
+            if self.end is not None:  # done or error: nothing follows it, so the stream closes without waiting
+                yield offset, self.end  # for the answer's task to wind down
+                return
             if self.ended:
-                if self.end is not None:
-                    yield offset, self.end
                 return
             if not news:
                 try:

@@ -29,7 +29,12 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     """Connect to the configured PostgreSQL, or start the embedded one; apply migrations; close on exit."""
     embedded = EmbeddedPostgres(settings.data_dir) if settings.embedded_database else None
     url = await embedded.start() if embedded else settings.database_url.get_secret_value()
-    engine = create_async_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size)
+    # Last in, first out: the connection returned last is used next, so the pool keeps reusing the connections it
+    # needs and the idle ones stay idle (first in, first out would hand out the longest-idle one every time, and
+    # ``_ping_when_idle`` would ping it first: at one answer at a time, every write after the answer's last token).
+    engine = create_async_engine(
+        url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_use_lifo=True
+    )
     _ping_when_idle(engine)
     try:
         if migrate:

@@ -6,6 +6,8 @@ An answer cites its sources, numbered 1..N as in the prompt, with markers such a
 - ``verify(answer, sources) -> CitationReport`` removes markers naming no source (0, negative, above N) and tidies
   the spacing they leave, records which sources were cited, and scores every citing sentence against the text it
   cites. Unsupported citations are flagged in the report, never hidden from the answer.
+  ``sources`` may be ``Passages``: the sources with their terms found ahead, so that the check after the answer's
+  last token reads only the answer (citechat finds them while the model thinks of its first token).
 - ``support(sentence, passage) -> float`` is that score: how much of what the sentence says the passage contains.
 - ``split_sentences(text) -> list[str]`` splits an answer (Markdown) into the sentences that are scored.
 - ``markers(text) -> list[int]`` lists every cited number in order of appearance, repeats included.
@@ -92,18 +94,29 @@ _INITIALISM = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")  # "U.S", "e.g", "J" (befor
 _URL = re.compile(r"\]\([^)\s]*\)|https?://\S+")
 
 
-def verify(answer: str, sources: Sequence[str]) -> CitationReport:
+class Passages:
+    """Sources' texts (``texts[i]`` is source number ``i + 1``) with their content terms, found once, when made."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = tuple(texts)
+        self.terms = tuple(_content(text) for text in self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def verify(answer: str, sources: Sequence[str] | Passages) -> CitationReport:
     """Checks every marker of ``answer``; ``sources[i]`` is the text of source number ``i + 1``.
 
     A sentence is scored against the union of the texts it cites, because one sentence may join facts from
     several sources ("A rose [1] while B fell [2]."). A source is scored by itself against each sentence citing
     it, keeping the best, so a source cited alongside the one that really says it does not borrow that support.
     """
-    text, removed = _remove_invalid(answer, len(sources))
+    terms = (sources if isinstance(sources, Passages) else Passages(sources)).terms
+    text, removed = _remove_invalid(answer, len(terms))
     groups = list(_groups(text))
     best: dict[int, float] = {}
     sentences = []
-    terms: dict[int, tuple[set[str], set[str]]] = {}  # each cited source's terms, found once
     for start, end in _sentence_spans(text):
         sentence = text[start:end]
         cited = tuple(dict.fromkeys(n for position, numbers in groups if start <= position < end for n in numbers))
@@ -111,20 +124,17 @@ def verify(answer: str, sources: Sequence[str]) -> CitationReport:
             sentences.append(SentenceCheck(sentence, (), None, None))
             continue
         claimed = _claims(sentence)
-        for n in cited:
-            if n not in terms:
-                terms[n] = _content(sources[n - 1])
-        together = (set().union(*(terms[n][0] for n in cited)), set().union(*(terms[n][1] for n in cited)))
+        together = (set().union(*(terms[n - 1][0] for n in cited)), set().union(*(terms[n - 1][1] for n in cited)))
         score = _support(claimed, together)
         sentences.append(SentenceCheck(sentence, cited, score, score >= SUPPORT_THRESHOLD))
         for n in cited:
-            alone = score if len(cited) == 1 else _support(claimed, terms[n])
+            alone = score if len(cited) == 1 else _support(claimed, terms[n - 1])
             best[n] = max(best.get(n, 0.0), alone)
     cited_anywhere = {n for _, numbers in groups for n in numbers}
     return CitationReport(
         text=text,
         sources=tuple(
-            SourceCheck(number, number in cited_anywhere, best.get(number)) for number in range(1, len(sources) + 1)
+            SourceCheck(number, number in cited_anywhere, best.get(number)) for number in range(1, len(terms) + 1)
         ),
         sentences=tuple(sentences),
         removed_markers=removed,

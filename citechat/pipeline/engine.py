@@ -115,8 +115,10 @@ class ChatEngine(CondensePlusContextChatEngine):
     ) -> tuple[list[NodeWithScore], list[ChatMessage]]:
         """The passages kept for ``message``, and the messages to send the model: the system and context prompts
         with the passages, the history, then the question (as asked: the condensed form only searches)."""
-        await self._memory.aset(chat_history)
-        history = await self._memory.aget(input=message)
+        # The buffer's synchronous methods: its async ones hop to a worker thread (and, under load, wait there
+        # for the GIL) to copy a list of five messages and count their tokens.
+        self._memory.set(chat_history)
+        history = self._memory.get(input=message)
         nodes = await self._aget_nodes(await self._acondense_question(history, message))
         prefix = get_prefix_messages_with_context(
             self._context_prompt_template, self._system_prompt or "", [], history, self._llm.metadata.system_role

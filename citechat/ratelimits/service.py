@@ -71,7 +71,21 @@ class RateLimits:
         """Counts one message against both quotas, or raises ``RateLimited`` naming the one that is spent.
 
         Returns the tighter quota after the hit (for the ``X-RateLimit-*`` headers)."""
-        windows = await self._ask(self._store.consume, principal)
+        return self._settle(await self._ask(self._store.consume, principal))
+
+    def in_statement(self, principal: Principal) -> dict | None:
+        """When the quotas are kept in the app's database: the parameters with which a statement that holds
+        ``storage.consumed_when`` counts one message for ``principal`` (``consumed`` reads what it found). None
+        for any other store: then ``consume``."""
+        if not isinstance(self._store, PostgresQuotaStore):
+            return None
+        return self._store.parameters(*_keys(principal))
+
+    def consumed(self, row) -> Quota:
+        """``consume``'s answer, from the row of a statement that counted the message (``in_statement``)."""
+        return self._settle(self._store.consumed(row))
+
+    def _settle(self, windows: Windows) -> Quota:
         user, org = self._quotas(windows)
         if windows.refused is not None:
             raise RateLimited(user if windows.refused == "user" else org)
@@ -86,7 +100,7 @@ class RateLimits:
 
     async def _ask(self, operation, principal: Principal) -> Windows:
         try:
-            return await operation(f"user/{principal.user_id}", f"organization/{principal.organization_id}")
+            return await operation(*_keys(principal))
         except QuotaStoreUnavailable as exc:
             raise ServiceUnavailable("the rate-limit store is unavailable; try again shortly") from exc
 
@@ -95,6 +109,10 @@ class RateLimits:
 
     def _quota(self, scope: str, window: Window, length_s: int) -> Quota:
         return Quota(scope, window.limit, max(window.limit - window.hits, 0), window.oldest + length_s)
+
+
+def _keys(principal: Principal) -> tuple[str, str]:
+    return f"user/{principal.user_id}", f"organization/{principal.organization_id}"
 
 
 def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:

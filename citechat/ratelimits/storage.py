@@ -5,8 +5,9 @@ for offline evaluation runs).
 Both count a moving window exactly under concurrency, across processes. On PostgreSQL a row per accepted hit is
 kept, and one database function (``citechat_consume_quota``, migration 0005) locks both keys, drops their expired
 hits, counts both windows and inserts both hits when both have room: a question's quota costs one round trip, on
-the autocommit engine (``Database.autocommit``). Through ``limits`` it is the library's moving-window strategy, a
-round trip per step.
+the autocommit engine (``Database.autocommit``), or none of its own when it is called inside the statement that
+admits the question (``consumed_when``). Through ``limits`` it is the library's moving-window strategy, a round
+trip per step.
 """
 
 import asyncio
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from limits import RateLimitItemPerDay, RateLimitItemPerHour
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from sqlalchemy import text
+from sqlalchemy import Float, Integer, String, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +32,22 @@ _WINDOWS = text(
     " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
     "  WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)) AS o"
 )
+
+
+_QUOTA_COLUMNS = ("refused", "user_hits", "user_oldest", "org_hits", "org_oldest")
+
+
+def consumed_when(condition):
+    """``citechat_consume_quota`` as a lateral subquery of a larger statement (``quota``: its columns, all NULL
+    when it did not run), called only when ``condition`` holds. ``OFFSET 0`` keeps PostgreSQL from merging the
+    subquery into the statement, where the condition would filter the function's result after calling it; kept
+    apart, a condition on the outer row alone is a one-time filter, checked before the call. Its parameters are
+    ``PostgresQuotaStore.parameters``'."""
+    names = ("user_key", "user_limit", "user_window", "org_key", "org_limit", "org_window")
+    types = (String, Integer, Float, String, Integer, Float)
+    call = func.citechat_consume_quota(*(bindparam(name, type_=kind) for name, kind in zip(names, types, strict=True)))
+    found = call.table_valued(*_QUOTA_COLUMNS)
+    return select(*(found.c[name] for name in _QUOTA_COLUMNS)).where(condition).offset(0).lateral("quota")
 
 
 class QuotaStoreUnavailable(Exception):
@@ -61,7 +78,10 @@ class PostgresQuotaStore:
         self._user_limit, self._org_limit = per_user_per_hour, per_org_per_day
 
     async def consume(self, user_key: str, org_key: str) -> Windows:
-        row = await self._one(_CONSUME, user_key, org_key)
+        return self.consumed(await self._one(_CONSUME, user_key, org_key))
+
+    def consumed(self, row) -> Windows:
+        """The windows ``citechat_consume_quota`` returned (in ``row``'s columns of those names)."""
         user, org = (
             Window(row.user_hits, row.user_oldest, self._user_limit),
             Window(row.org_hits, row.org_oldest, self._org_limit),
@@ -73,12 +93,15 @@ class PostgresQuotaStore:
         user = Window(user_hits, user_oldest or now, self._user_limit)
         return Windows(user, Window(org_hits, org_oldest or now, self._org_limit))
 
-    async def _one(self, statement, user_key: str, org_key: str):
+    def parameters(self, user_key: str, org_key: str) -> dict:
+        """The parameters of ``citechat_consume_quota`` (and of the windows' statement)."""
         params = {"user_key": user_key, "user_limit": self._user_limit, "user_window": HOUR_S}
-        params |= {"org_key": org_key, "org_limit": self._org_limit, "org_window": DAY_S}
+        return params | {"org_key": org_key, "org_limit": self._org_limit, "org_window": DAY_S}
+
+    async def _one(self, statement, user_key: str, org_key: str):
         try:
             async with self._engine.connect() as db:
-                return (await db.execute(statement, params)).one()
+                return (await db.execute(statement, self.parameters(user_key, org_key))).one()
         except DBAPIError as exc:
             raise QuotaStoreUnavailable(type(exc).__name__) from exc
 
