@@ -182,7 +182,7 @@ async def test_an_answer_outlives_its_listener(settings, model_server, identity)
             principal = await provision(db, session["user_id"], session["organization_id"])
         question = schemas.SendMessage(question="How far did the glacier retreat?", mode="balanced")
         turn = await application.state.answering.begin(principal, uuid.UUID(session["id"]), question)
-        listener = application.state.streams.start(turn).follow()
+        listener = (await application.state.streams.start(turn)).follow()
         assert [(await anext(listener))[1].name for _ in range(2)] == ["user_message", "sources"]
         await listener.aclose()  # the tab closes while the answer is being written
 

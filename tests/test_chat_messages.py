@@ -1,5 +1,6 @@
 """Asking in a session, end to end on the extractive default: real API, real index, real PDF."""
 
+import asyncio
 import json
 import uuid
 
@@ -229,6 +230,46 @@ async def test_an_interrupted_answer_is_never_left_streaming(app, client, asker)
     messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assistant = messages[-1]
     assert (assistant["status"], assistant["error_message"]) == ("failed", INTERRUPTED)
+
+
+@pytest.mark.parametrize("route", ["message", "message/stream"])
+async def test_a_send_that_loses_a_race_is_a_conflict_and_stores_nothing(app, client, asker, monkeypatch, route):
+    """The question is admitted, then stored while retrieval already runs; a send that stored its own answer in
+    between is refused by the database (idx_chat_messages_one_in_flight) when this one is stored: still an HTTP 409
+    (the stream never starts), and nothing of it is stored. The race is staged: the admission misses the other
+    answer, as a snapshot taken before that send would."""
+    from sqlalchemy import text
+
+    from citechat.chat import answering
+    from citechat.errors import NotFound
+
+    headers, session = asker
+    async with app.state.database.sessions() as db:  # the racing send's answer, in flight
+        await db.execute(
+            text(
+                "INSERT INTO chat_messages (session_id, role, content, status) VALUES (:s, 'assistant', '', 'pending')"
+            ),
+            {"s": session["id"]},
+        )
+        await db.commit()
+
+    async def admit_missing_the_race(db, archived, found) -> None:
+        if found is None:
+            raise NotFound("chat session not found")
+
+    monkeypatch.setattr(answering, "_admit", admit_missing_the_race)
+    sent = await client.post(
+        f"{API}/{route}", params={"session_id": session["id"]}, json={"question": "Who wins?"}, headers=headers
+    )
+    assert sent.status_code == 409 and "still being written" in sent.json()["detail"]
+    assert sent.headers["content-type"].startswith("application/json")
+    stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [(m["role"], m["status"]) for m in stored] == [("assistant", "pending")]  # only the other send's
+    for _ in range(100):  # the refused answer's task ends by itself, having written nothing
+        if not app.state.streams._running:
+            break
+        await asyncio.sleep(0.01)
+    assert not app.state.streams._running
 
 
 async def test_a_retry_that_loses_a_race_with_a_send_is_a_conflict(app, client, asker, monkeypatch):

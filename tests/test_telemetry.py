@@ -257,7 +257,7 @@ async def test_an_answer_cut_off_by_shutdown(traced, model_server, identity):
     model_server.stream_delay_s = 0.05
     answering, streams = traced.app.state.answering, traced.app.state.streams
     turn = await answering.begin(principal, uuid.UUID(session["id"]), SendMessage(question=FIRST, mode="balanced"))
-    async for _, event in streams.start(turn).follow():
+    async for _, event in (await streams.start(turn)).follow():
         if event.name == "token":
             break
     await streams.aclose()  # what the lifespan does at shutdown

@@ -2,9 +2,11 @@
 
 ``begin`` (and ``begin_retry``) does everything that can be refused (ownership, an archived session, an answer
 still being written, a spent quota) before anything is stored or any byte is streamed, so those are plain HTTP
-errors; ``run`` then yields the events of the answer and leaves the assistant message ``completed``, ``failed``
-(with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when the database is briefly
-away, the final write is retried before it is given up.
+errors; then the question is stored (``Turn.stored``) while ``run`` already prepares the answer (retrieval, the
+prompt). ``run`` says nothing until the question is stored (a send racing another in the same session is refused
+there, as an HTTP error still), then yields the events of the answer and leaves the assistant message
+``completed``, ``failed`` (with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when
+the database is briefly away, the final write is retried before it is given up.
 """
 
 import asyncio
@@ -86,6 +88,9 @@ class Turn:
     history: list[LLMMessage]
     metadata: dict  # the answer's ``message_metadata`` as begun (mode, attempt); completed with timings etc.
     quota: Quota | None = None  # the tighter quota once this message was counted (or not: retrying a failure)
+    # The question being stored (``begin`` starts it): done once it is, or raising why it was refused after all
+    # (another send got there first, the session was archived or deleted since it was admitted).
+    stored: asyncio.Future = field(default_factory=lambda: _done(None))
     started: float = field(default_factory=time.perf_counter)
     text: str = ""  # streamed so far (persisted by the stream's flusher)
     sources: list[models.ChatSource] = field(default_factory=list)  # as saved, in citation order
@@ -136,17 +141,24 @@ class Answering:
         )
         assistant = self._new_answer(session_id, mode, model, after=asked)
         title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
+        metadata, question = assistant.message_metadata, request.question
+        turn = Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
+        turn.stored = asyncio.ensure_future(self._store(principal, session_id, title, [user, assistant]))
+        return turn
+
+    async def _store(
+        self, principal: Principal, session_id: uuid.UUID, title: str | None, rows: list[models.ChatMessage]
+    ) -> None:
+        """Stores the question and its pending answer, touching the session (its ``title`` when it had none)."""
+        params = _owner(principal, session_id) | {"title": title, "at": rows[0].created_at}
         async with self.autocommit.connect() as db:
             try:
-                params = _owner(principal, session_id) | {"title": title, "at": asked}
-                stored = await db.scalar(_ASK, params | _rows(models.ChatMessage.__table__, [user, assistant]))
+                stored = await db.scalar(_ASK, params | _rows(models.ChatMessage.__table__, rows))
             except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
                 raise Conflict(BUSY) from exc
-            if stored is None:  # archived or deleted since the check above: say which
+            if stored is None:  # archived or deleted since it was admitted: say which
                 await self._session_row(db, principal, session_id)
                 raise NotFound("chat session not found")
-        metadata, question = assistant.message_metadata, request.question
-        return Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
@@ -249,25 +261,18 @@ class Answering:
         return self.telemetry.observe_answer(turn, self._run(turn))  # closing it closes _run at once
 
     async def _run(self, turn: Turn) -> AsyncIterator[Event]:
-        yield Event(
-            "user_message", message_json(turn.user_message, []) | {"assistant_message_id": str(turn.assistant_id)}
-        )
-        stage, timings = "retrieval", {}
+        stage, timings, generating = "retrieval", {}, _done(None)
         try:
             prompts = self.prompts.current()
-            organization = Organization(turn.principal.organization_id, turn.principal.organization)
+            llm = self.llms.create(turn.model, POLICIES[turn.mode].temperature)
             clock = time.perf_counter()
-            generation = await engine.generate(
-                question=turn.question,
-                history=turn.history,
-                retriever=self.index.retriever(organization, self.top_k),
-                llm=(llm := self.llms.create(turn.model, POLICIES[turn.mode].temperature)),
-                prompts=prompts,
-                mode=turn.mode,
-                min_similarity=self.min_similarity,
-                retrieval_timeout_s=self.retrieval_timeout_s,
-                telemetry=self.telemetry,
+            # Retrieval and the prompt are prepared while the question is being stored.
+            generating = asyncio.ensure_future(self._generate(turn, llm, prompts))
+            await asyncio.shield(turn.stored)
+            yield Event(
+                "user_message", message_json(turn.user_message, []) | {"assistant_message_id": str(turn.assistant_id)}
             )
+            generation = await generating
             timings |= generation.timings_ms
             async with aclosing(generation.tokens) as tokens:
                 # The model is asked now (the request is on its way before anything else runs), and the sources
@@ -283,11 +288,7 @@ class Answering:
                     stage, first_token = "generation", None
                     delta = await first
                 finally:
-                    if not first.done():  # the answer stopped before the model answered
-                        first.cancel()
-                        await asyncio.wait([first])
-                    if not first.cancelled():
-                        first.exception()  # read: a model failure the answer never got to is not logged as lost
+                    await _cancel(first)  # when the answer stopped before the model answered
                 while delta is not _END:
                     first_token = first_token or time.perf_counter()
                     turn.text += delta
@@ -305,9 +306,13 @@ class Answering:
             yield Event("done", message)
         except (asyncio.CancelledError, GeneratorExit):
             # Stopped by the user, or the process is stopping: never leave the answer "streaming".
+            await _cancel(generating)
             await asyncio.shield(_persisting(lambda: self._interrupt(turn, stage)))
             raise
         except Exception as exc:
+            if not await _was_stored(turn):  # refused after all: nothing was stored, the refusal is the answer
+                await _cancel(generating)
+                raise
             detail, retryable, expected = _failure(exc)
             log.warning("answer %s failed at %s: %s", turn.assistant_id, stage, detail, exc_info=not expected)
             details = {"stage": stage, "retryable": retryable, "provider": self._provider(stage)}
@@ -318,6 +323,20 @@ class Answering:
                     "answer %s: the failure could not be saved; it is marked at the next start", turn.assistant_id
                 )
             yield Event("error", {"message_id": str(turn.assistant_id), "detail": detail, "retryable": retryable})
+
+    async def _generate(self, turn: Turn, llm, prompts) -> engine.Generation:
+        organization = Organization(turn.principal.organization_id, turn.principal.organization)
+        return await engine.generate(
+            question=turn.question,
+            history=turn.history,
+            retriever=self.index.retriever(organization, self.top_k),
+            llm=llm,
+            prompts=prompts,
+            mode=turn.mode,
+            min_similarity=self.min_similarity,
+            retrieval_timeout_s=self.retrieval_timeout_s,
+            telemetry=self.telemetry,
+        )
 
     async def stored_message(self, message_id: uuid.UUID) -> dict | None:
         """The message as stored, in the API's shape (with its sources)."""
@@ -395,6 +414,8 @@ class Answering:
         await self._end(turn, "failed", error_message=detail, error_details=details)
 
     async def _interrupt(self, turn: Turn, stage: str) -> None:
+        if not await _was_stored(turn):
+            return
         if turn.stop_requested:
             await self._end(turn, "stopped")
         else:
@@ -634,6 +655,26 @@ def _failure(exc: Exception) -> tuple[str, bool, bool]:
     if isinstance(exc, CitechatError):
         return exc.detail, bool(getattr(exc, "retryable", False)), True
     return "the answer could not be generated", True, False
+
+
+def _done(result) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
+
+
+async def _cancel(task: asyncio.Future) -> None:
+    """Cancels ``task`` if it is still running, and waits for it to end; its outcome is not wanted."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # read: a failure nobody waits for any more is not logged as lost
+
+
+async def _was_stored(turn: Turn) -> bool:
+    """Whether the turn's question was stored (waiting for it to be, if it is still being stored)."""
+    await asyncio.wait([turn.stored])
+    return not turn.stored.cancelled() and turn.stored.exception() is None
 
 
 def _ms(since: float) -> int:

@@ -49,7 +49,7 @@ async def stream_message(
     request: Request, body: schemas.SendMessage, session_id: SessionId, principal: CurrentPrincipal
 ) -> StreamingResponse:
     turn = await request.app.state.answering.begin(principal, session_id, body)
-    return _stream(request, turn)
+    return await _stream(request, turn)
 
 
 @router.post("/message/{message_id}/retry", summary="Regenerate a failed (or the latest) answer", **_RETRY)
@@ -69,7 +69,7 @@ async def retry_message_stream(
     request: Request, message_id: uuid.UUID, principal: CurrentPrincipal, body: schemas.RetryMessage | None = None
 ) -> StreamingResponse:
     turn = await request.app.state.answering.begin_retry(principal, message_id, body or schemas.RetryMessage())
-    return _stream(request, turn)
+    return await _stream(request, turn)
 
 
 @router.get("/message/{message_id}/stream", summary="Follow an answer: replay what was missed, then live", **_SSE)
@@ -100,7 +100,7 @@ async def cancel_message(
 
 async def _answer(request: Request, response: Response, turn: Turn) -> schemas.ChatMessage:
     response.headers.update(_quota_headers(turn))
-    async for _, event in request.app.state.streams.start(turn).follow():
+    async for _, event in (await request.app.state.streams.start(turn)).follow():
         if event.name == "done":
             return schemas.ChatMessage.model_validate(event.data)
         if event.name == "error":
@@ -108,8 +108,8 @@ async def _answer(request: Request, response: Response, turn: Turn) -> schemas.C
     raise AnswerFailed("the answer ended without a result")
 
 
-def _stream(request: Request, turn: Turn) -> StreamingResponse:
-    stream = request.app.state.streams.start(turn)  # runs to the end even if this client goes away
+async def _stream(request: Request, turn: Turn) -> StreamingResponse:
+    stream = await request.app.state.streams.start(turn)  # runs to the end even if this client goes away
     headers = _NO_CACHE | _quota_headers(turn)
     return StreamingResponse(_sse(stream.follow()), media_type="text/event-stream", headers=headers)
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 
 from citechat.chat import models, workers
 from citechat.chat.answering import IN_FLIGHT, Answering, Event, Turn, message_json, source_json
-from citechat.errors import Conflict
+from citechat.errors import CitechatError, Conflict
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.4  # partial text reaches the database at least every 500 ms, with room for the write itself
@@ -126,11 +126,14 @@ class AnswerStreams:
         self._sessions: async_sessionmaker[AsyncSession] = answering.sessions
         self._running: dict[uuid.UUID, tuple[Turn, AnswerStream, asyncio.Task]] = {}
 
-    def start(self, turn: Turn) -> AnswerStream:
+    async def start(self, turn: Turn) -> AnswerStream:
+        """Starts writing the answer, and returns its stream once the question is stored; a question refused after
+        all (``Turn.stored``) raises here, to be the request's error, and its answer ends having written nothing."""
         stream = AnswerStream()
         task = asyncio.create_task(self._produce(turn, stream), name=f"answer-{turn.assistant_id}")
         self._running[turn.assistant_id] = (turn, stream, task)
         task.add_done_callback(lambda _: self._running.pop(turn.assistant_id, None))
+        await asyncio.shield(turn.stored)
         return stream
 
     def follow(self, message_id: uuid.UUID, after: int | None) -> AsyncIterator[tuple[int, Event]]:
@@ -166,6 +169,8 @@ class AnswerStreams:
         try:
             async for event in self._answering.run(turn):
                 stream.publish(event)
+        except CitechatError:  # the question was refused after all: ``start`` raised it to the request
+            pass
         except asyncio.CancelledError:
             if not turn.stop_requested:
                 raise  # the process is stopping

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, Span, Status, StatusCode, TracerProvider
 
+from citechat.errors import CitechatError
 from citechat.pipeline.modes import POLICIES
 from citechat.pipeline.pricing import cost_usd
 from citechat.settings import Settings
@@ -127,6 +128,9 @@ class Telemetry:
                     async for event in events:
                         watch.see(event)
                         yield event
+                except CitechatError:  # the question was refused after all: there was no answer to observe
+                    span.set_attribute("citechat.outcome", "refused")
+                    raise
                 except BaseException:
                     watch.interrupted()
                     raise
