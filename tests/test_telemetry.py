@@ -251,8 +251,8 @@ async def test_an_answer_cut_off_by_shutdown(traced, model_server, identity):
     from citechat.chat.schemas import SendMessage
 
     headers, session = await new_conversation(traced.client, identity)
-    async with traced.app.state.database.sessions() as db:
-        principal = await traced.app.state.authenticator.authenticate(headers["Authorization"].split()[1], None, db)
+    sessions = traced.app.state.database.sessions
+    principal = await traced.app.state.authenticator.authenticate(headers["Authorization"].split()[1], None, sessions)
     model_server.queue_answers(" ".join(["word"] * 200))
     model_server.stream_delay_s = 0.05
     answering, streams = traced.app.state.answering, traced.app.state.streams

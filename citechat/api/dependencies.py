@@ -40,14 +40,14 @@ DbSession = Annotated[AsyncSession, Depends(get_db)]
 
 async def get_principal(
     request: Request,
-    db: DbSession,
+    database: Annotated[Database, Depends(get_database)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     x_organization_id: Annotated[
         str | None, Header(description="Organization to act in; optional when the token lists one.")
     ] = None,
 ) -> Principal:
     token = credentials.credentials if credentials else None
-    return await request.app.state.authenticator.authenticate(token, x_organization_id, db)
+    return await request.app.state.authenticator.authenticate(token, x_organization_id, database.sessions)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

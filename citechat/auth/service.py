@@ -5,7 +5,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from citechat.auth.tokens import Claims, TokenVerifier
 from citechat.errors import MissingCredentials, PermissionDenied
@@ -48,20 +48,26 @@ class Authenticator:
         self._known: OrderedDict[tuple, tuple[uuid.UUID, uuid.UUID]] = OrderedDict()
         self._cache_size = cache_size
 
-    async def authenticate(self, token: str | None, organization: str | None, db: AsyncSession) -> Principal:
+    async def authenticate(
+        self, token: str | None, organization: str | None, sessions: async_sessionmaker[AsyncSession]
+    ) -> Principal:
+        """The caller; ``sessions`` opens a database session only for a caller not seen before (to provision)."""
         if not token:
             raise MissingCredentials("missing bearer token")
         claims = await self._verifier.verify(token)
         org = choose_organization(claims, organization)
-        user_id, org_id = await self._provision(claims, org, db)
+        user_id, org_id = await self._provision(claims, org, sessions)
         return Principal(user_id, org_id, claims.subject, org, claims.roles)
 
-    async def _provision(self, claims: Claims, org: str, db: AsyncSession) -> tuple[uuid.UUID, uuid.UUID]:
+    async def _provision(
+        self, claims: Claims, org: str, sessions: async_sessionmaker[AsyncSession]
+    ) -> tuple[uuid.UUID, uuid.UUID]:
         key = (claims.subject, claims.name, claims.email, org)
         if (ids := self._known.get(key)) is not None:
             self._known.move_to_end(key)
             return ids
-        principal = await provision(db, claims.subject, org, name=claims.name, email=claims.email)
+        async with sessions() as db:
+            principal = await provision(db, claims.subject, org, name=claims.name, email=claims.email)
         self._known[key] = ids = (principal.user_id, principal.organization_id)
         if len(self._known) > self._cache_size:
             self._known.popitem(last=False)

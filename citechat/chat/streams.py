@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -169,6 +169,8 @@ class AnswerStreams:
         try:
             async for event in self._answering.run(turn):
                 stream.publish(event)
+                if stream.end is not None:
+                    await asyncio.sleep(0)  # listeners send the end before the answer's telemetry is recorded
         except CitechatError:  # the question was refused after all: ``start`` raised it to the request
             pass
         except asyncio.CancelledError:
@@ -182,24 +184,17 @@ class AnswerStreams:
 
     async def _flush(self, turn: Turn, producer: asyncio.Task) -> None:
         """Saves the text so far every ``FLUSH_S``, and notices a stop asked on another worker."""
-        saved, row = "", models.ChatMessage
+        saved = ""
         while not turn.finishing:
             await asyncio.sleep(FLUSH_S)
             text = turn.text
             try:
                 async with self._answering.autocommit.connect() as db:  # one statement
                     if text != saved:
-                        writing = await db.scalar(
-                            update(row)
-                            .where(row.id == turn.assistant_id, row.status.in_(IN_FLIGHT))
-                            .values(content=text)
-                            .returning(row.id)
-                        )
+                        writing = await db.scalar(_SAVE_TEXT, {"answer_id": turn.assistant_id, "text": text})
                         saved = text
                     else:
-                        writing = await db.scalar(
-                            select(row.id).where(row.id == turn.assistant_id, row.status.in_(IN_FLIGHT))
-                        )
+                        writing = await db.scalar(_WRITING, {"answer_id": turn.assistant_id})
             except Exception as exc:  # the database is away: the answer goes on, the next flush catches up
                 log.debug("flushing answer %s failed: %s", turn.assistant_id, type(exc).__name__)
                 continue
@@ -269,3 +264,18 @@ class AnswerStreams:
                 yield offset, HEARTBEAT
                 sent_at = time.monotonic()
             await asyncio.sleep(POLL_S)
+
+
+# The flusher's statements, built once (building one costs more CPU than sending it; see ``chat.answering``): the
+# answer's text saved while it is in flight, or only whether it still is. Both return its id when it is.
+_IN_FLIGHT_ANSWER = (
+    models.ChatMessage.id == bindparam("answer_id"),
+    models.ChatMessage.status.in_(IN_FLIGHT),
+)
+_SAVE_TEXT = (
+    update(models.ChatMessage)
+    .where(*_IN_FLIGHT_ANSWER)
+    .values(content=bindparam("text"))
+    .returning(models.ChatMessage.id)
+)
+_WRITING = select(models.ChatMessage.id).where(*_IN_FLIGHT_ANSWER)
