@@ -232,32 +232,39 @@ async def test_an_interrupted_answer_is_never_left_streaming(app, client, asker)
     assert (assistant["status"], assistant["error_message"]) == ("failed", INTERRUPTED)
 
 
+async def stage_a_race(app, monkeypatch, session_id: str, *, age_s: int = 0) -> None:
+    """Another send's answer in flight in the session (``age_s`` old), which the checks before the next write miss,
+    as a snapshot taken before that send would: the write then meets idx_chat_messages_one_in_flight."""
+    from sqlalchemy import text
+
+    from citechat.chat import answering
+    from citechat.errors import NotFound
+
+    async with app.state.database.sessions() as db:
+        await db.execute(
+            text(
+                "INSERT INTO chat_messages (session_id, role, content, status, created_at)"
+                " VALUES (:s, 'assistant', '', 'pending', now() - make_interval(secs => :age))"
+            ),
+            {"s": session_id, "age": age_s},
+        )
+        await db.commit()
+
+    async def checks_missing_the_race(db, archived, found) -> None:
+        if found is None:
+            raise NotFound("chat session not found")
+
+    monkeypatch.setattr(answering, "_admit", checks_missing_the_race)
+
+
 @pytest.mark.parametrize("route", ["message", "message/stream"])
 async def test_a_send_that_loses_a_race_is_a_conflict_and_stores_nothing(app, client, asker, monkeypatch, route):
     """The question is admitted, then stored while retrieval already runs; a send that stored its own answer in
     between is refused by the database (idx_chat_messages_one_in_flight) when this one is stored: still an HTTP 409
     (the stream never starts), and nothing of it is stored. The race is staged: the admission misses the other
     answer, as a snapshot taken before that send would."""
-    from sqlalchemy import text
-
-    from citechat.chat import answering
-    from citechat.errors import NotFound
-
     headers, session = asker
-    async with app.state.database.sessions() as db:  # the racing send's answer, in flight
-        await db.execute(
-            text(
-                "INSERT INTO chat_messages (session_id, role, content, status) VALUES (:s, 'assistant', '', 'pending')"
-            ),
-            {"s": session["id"]},
-        )
-        await db.commit()
-
-    async def admit_missing_the_race(db, archived, found) -> None:
-        if found is None:
-            raise NotFound("chat session not found")
-
-    monkeypatch.setattr(answering, "_admit", admit_missing_the_race)
+    await stage_a_race(app, monkeypatch, session["id"])
     sent = await client.post(
         f"{API}/{route}", params={"session_id": session["id"]}, json={"question": "Who wins?"}, headers=headers
     )
@@ -276,28 +283,9 @@ async def test_a_retry_that_loses_a_race_with_a_send_is_a_conflict(app, client, 
     """A retry checks the session, then writes; a send that commits in between leaves two answers in flight, which
     the database refuses (idx_chat_messages_one_in_flight): 409, and nothing changes. The race is staged: the
     retry's check is made to miss the other answer, as a snapshot taken before that send would."""
-    from sqlalchemy import text
-
-    from citechat.chat import answering
-    from citechat.errors import NotFound
-
     headers, session = asker
     answer = (await stream_question(client, headers, session))[-1][2]
-    async with app.state.database.sessions() as db:  # the racing send's answer, in flight (and older, so the
-        await db.execute(  # retried answer stays the latest)
-            text(
-                "INSERT INTO chat_messages (session_id, role, content, status, created_at)"
-                " VALUES (:s, 'assistant', '', 'pending', now() - interval '1 minute')"
-            ),
-            {"s": session["id"]},
-        )
-        await db.commit()
-
-    async def check_missing_the_race(db, archived, found) -> None:
-        if found is None:
-            raise NotFound("chat session not found")
-
-    monkeypatch.setattr(answering, "_admit", check_missing_the_race)
+    await stage_a_race(app, monkeypatch, session["id"], age_s=60)  # older, so the retried answer stays the latest
     retried = await client.post(f"{API}/message/{answer['id']}/retry", headers=headers)
     assert retried.status_code == 409 and "still being written" in retried.json()["detail"]
     stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
