@@ -290,3 +290,37 @@ async def test_a_retry_that_loses_a_race_with_a_send_is_a_conflict(app, client, 
     assert retried.status_code == 409 and "still being written" in retried.json()["detail"]
     stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assert [m["status"] for m in stored if m["id"] == answer["id"]] == ["completed"]
+
+
+async def test_a_shutdown_while_the_question_is_stored_leaves_no_answer_pending(app, client, asker, monkeypatch):
+    """An answer starts (retrieval) while its question is still being stored. Stopped then, as at a shutdown, it
+    waits for the question to be stored and marks its answer interrupted: never left pending."""
+    from citechat.chat import answering, workers
+    from citechat.chat.schemas import SendMessage
+
+    headers, session = asker
+    storing, release = asyncio.Event(), asyncio.Event()
+    store = answering.Answering._store
+
+    async def slow_store(self, *args) -> None:
+        storing.set()
+        await release.wait()
+        await store(self, *args)
+
+    monkeypatch.setattr(answering.Answering, "_store", slow_store)
+    sessions, token = app.state.database.sessions, headers["Authorization"].split()[1]
+    principal = await app.state.authenticator.authenticate(token, None, sessions)
+    question = SendMessage(question="How far did the glacier retreat?", mode="balanced")
+    turn = await app.state.answering.begin(principal, uuid.UUID(session["id"]), question)
+    starting = asyncio.ensure_future(app.state.streams.start(turn))
+    await storing.wait()
+    closing = asyncio.ensure_future(app.state.streams.aclose())  # what the lifespan does at shutdown
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # the answer waits for its question to be stored
+    release.set()
+    await closing
+    await starting  # the question was stored
+
+    stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
+    assert stored[1]["error_message"] == workers.INTERRUPTED  # which says to retry it
