@@ -6,6 +6,7 @@ filler such as "according to the documents"), light suffix stemming so "reports"
 numbers kept exactly ("1,200" is 1200, but "7.4" is not "7.45"). No dictionary, no model.
 """
 
+import functools
 import re
 
 
@@ -45,8 +46,10 @@ def is_number(term: str) -> bool:
     return term[0].isdigit()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
-    """Enough stemming that "exports", "exported" and "exporting" meet."""
+    """Enough stemming that "exports", "exported" and "exporting" meet. Remembered: a text's words repeat, and the
+    suffix checks were most of the time spent finding a passage's terms."""
     word = word.removesuffix("'s")
     for suffix, replacement in _SUFFIXES:
         if word.endswith(suffix) and not word.endswith(("ss", "us", "is")) and len(word) - len(suffix) >= 3:
