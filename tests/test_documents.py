@@ -298,3 +298,33 @@ def test_pdfs_parsed_from_several_threads_at_once_do_not_crash_the_process():
     )
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)  # noqa: S603
     assert child.returncode == 0, child.stderr[-2000:]
+
+
+async def test_an_organization_with_a_share_of_the_index_gets_its_whole_dense_ranking(tmp_path):
+    """One HNSW index holds every organization's chunks, and pgvector filters what the scan found by organization
+    afterwards: an organization with a fifth of the chunks got about 20 of its 100 dense candidates, until the scan
+    went deeper in proportion to its share (and each search was planned for its organization, not by a prepared
+    statement's generic plan, which a connection may take after five runs)."""
+    import numpy as np
+
+    from citechat.bench.retrieval import load_synthetic
+    from citechat.documents.commands import organization
+    from citechat.runtime import open_runtime
+    from citechat.settings import Settings
+
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(2000)]
+    passages = [" ".join(rng.choice(words, 60)) for _ in range(500)]
+    vectors = rng.normal(size=(500, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    async with open_runtime(Settings(_env_file=None, data_dir=tmp_path), resume_ingestion=False) as runtime:
+        big, small = await organization(runtime, "big"), await organization(runtime, "small")
+        await load_synthetic(runtime.database, big, passages, vectors, start=0, stop=8000)
+        await load_synthetic(runtime.database, small, passages, vectors, start=8000, stop=10000)
+        found = []
+        for _ in range(8):  # past the five runs after which a connection may plan a prepared statement generically
+            query = rng.normal(size=384).astype(np.float32)
+            query /= np.linalg.norm(query)
+            ranked = await runtime.index.search_vector(small, "w1 w2", query.tolist(), 100, mode="dense")
+            found.append(len(ranked))
+    assert found == [100] * 8

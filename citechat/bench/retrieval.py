@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from citechat.bench.report import percentile
+from citechat.db.database import Database
 from citechat.documents import models
 from citechat.documents.commands import organization
 from citechat.retrievers.base import Organization
@@ -50,7 +51,7 @@ async def run(corpus: Path, sizes: list[int], *, base_passages: int, queries: in
             org = await organization(runtime, f"bench-{uuid.uuid4().hex[:8]}")
             results, loaded = [], 0
             for size in sorted(sizes):
-                load_s = await _load(runtime, org, passages, vectors, start=loaded, stop=size)
+                load_s = await load_synthetic(runtime.database, org, passages, vectors, start=loaded, stop=size)
                 loaded = size
                 results.append(
                     {"chunks": size, "load_s": round(load_s, 1), **await _measure(index, org, questions, top_k)}
@@ -86,15 +87,18 @@ async def _measure(index: LocalIndex, org: Organization, questions: list[str], t
     }
 
 
-async def _load(runtime, org: Organization, passages, vectors: np.ndarray, *, start: int, stop: int) -> float:
+async def load_synthetic(
+    database: Database, org: Organization, passages, vectors: np.ndarray, *, start: int, stop: int
+) -> float:
     """Adds chunks ``start``..``stop`` (copies of the base passages) in documents of 100 chunks, then rebuilds the
-    indexes and statistics the way ingestion leaves them, and writes it all out (checkpoint).
+    indexes and statistics the way ingestion leaves them, and writes it all out (checkpoint). Returns the seconds
+    it took.
 
     ``documents`` is analyzed too: with the statistics of its empty table the planner expects one ready document
     and, at 10,000 chunks, ranks every chunk by exact distance instead of using the HNSW index (39 ms, not 21)."""
     started = time.perf_counter()
     rng = np.random.default_rng(start)
-    engine = runtime.database.engine
+    engine = database.engine
     async with engine.begin() as conn:
         await conn.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding"))
         documents = list(range(start // CHUNKS_PER_DOCUMENT, (stop + CHUNKS_PER_DOCUMENT - 1) // CHUNKS_PER_DOCUMENT))
@@ -130,7 +134,7 @@ async def _load(runtime, org: Organization, passages, vectors: np.ndarray, *, st
             len(passages[base].split()),
         )
         records.append((*record, vector))
-    await _copy_chunks(runtime.database.url, records)
+    await _copy_chunks(database.url, records)
     async with engine.begin() as conn:
         await conn.execute(
             text("""

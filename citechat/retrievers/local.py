@@ -99,6 +99,23 @@ ORDER BY score DESC, c.id
 LIMIT :top_k
 """)
 
+# How deep the dense ranking's HNSW scan goes, and planning, for one search (both for its transaction only).
+# The index holds every organization's chunks and pgvector (0.6) filters the scan's nearest ``ef_search`` by
+# organization afterwards, so an organization with a fifth of the chunks got ~20 of its 100 candidates: the scan
+# goes deeper in proportion to how small the organization's share is (a quarter more, for the spread; at most
+# pgvector's 1,000). Small organizations are ranked exactly (the planner reads their chunks through the
+# organization index), provided each search is planned for its organization: a prepared statement's generic plan,
+# chosen after five runs on a connection, would not know whose chunks it reads.
+_SEARCH_SETTINGS = text("""
+SELECT set_config('hnsw.ef_search', (
+           CASE WHEN own.chunks >= total.chunks THEN :candidates
+                ELSE least(1000, ceil(1.25 * :candidates * total.chunks / greatest(own.chunks, 1))) END
+       )::int::text, true),
+       set_config('plan_cache_mode', 'force_custom_plan', true)
+FROM (SELECT greatest(coalesce(sum(chunks), 0), 1) AS chunks FROM index_stats) AS total,
+     (SELECT coalesce(max(chunks), 0) AS chunks FROM index_stats WHERE organization_id = :org) AS own
+""")
+
 # Keeping BM25's statistics in step with the chunks (see ``_forget`` and ``ingest``).
 _COUNT_IN = text("""
 INSERT INTO lexicon (organization_id, lexeme, df)
@@ -251,7 +268,7 @@ class LocalIndex:
         }
         async with self._sessions() as db, db.begin():
             self._refuse_other_model(await db.scalar(_RECORDED_MODEL))
-            await db.execute(text(f"SET LOCAL hnsw.ef_search = {max(100, candidates)}"))
+            await db.execute(_SEARCH_SETTINGS, {"org": organization.id, "candidates": candidates})
             rows = (await db.execute(_HYBRID, params)).all()
         return [_node(row) for row in rows]
 
