@@ -19,7 +19,7 @@ from typing import Literal
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,7 +37,6 @@ MATCH_BUDGET = 2000  # and only while the chunks they match add up to no more th
 DENSE_WEIGHT = 0.4
 _WORDS = re.compile(r"\w+")
 
-_RECORDED_MODEL = select(models.EmbeddingIndex.model).where(models.EmbeddingIndex.id == 1)
 _HYBRID = text("""
 WITH stats AS (
     SELECT chunks::float8 AS n, greatest(total_length::float8 / greatest(chunks, 1), 1) AS avgdl
@@ -99,7 +98,8 @@ ORDER BY score DESC, c.id
 LIMIT :top_k
 """)
 
-# How deep the dense ranking's HNSW scan goes, and planning, for one search (both for its transaction only).
+# The model that built the index (refused if it is not the configured one), and, for the search's transaction
+# only, how deep the dense ranking's HNSW scan goes and how the search is planned.
 # The index holds every organization's chunks and pgvector (0.6) filters the scan's nearest ``ef_search`` by
 # organization afterwards, so an organization with a fifth of the chunks got ~20 of its 100 candidates: the scan
 # goes deeper in proportion to how small the organization's share is (a quarter more, for the spread; at most
@@ -107,7 +107,8 @@ LIMIT :top_k
 # organization index), provided each search is planned for its organization: a prepared statement's generic plan,
 # chosen after five runs on a connection, would not know whose chunks it reads.
 _SEARCH_SETTINGS = text("""
-SELECT set_config('hnsw.ef_search', (
+SELECT (SELECT model FROM embedding_index WHERE id = 1) AS model,
+       set_config('hnsw.ef_search', (
            CASE WHEN own.chunks >= total.chunks THEN :candidates
                 ELSE least(1000, ceil(1.25 * :candidates * total.chunks / greatest(own.chunks, 1))) END
        )::int::text, true),
@@ -267,8 +268,8 @@ class LocalIndex:
             "top_k": top_k,
         }
         async with self._sessions() as db, db.begin():
-            self._refuse_other_model(await db.scalar(_RECORDED_MODEL))
-            await db.execute(_SEARCH_SETTINGS, {"org": organization.id, "candidates": candidates})
+            settings = {"org": organization.id, "candidates": candidates}
+            self._refuse_other_model(await db.scalar(_SEARCH_SETTINGS, settings))
             rows = (await db.execute(_HYBRID, params)).all()
         return [_node(row) for row in rows]
 
