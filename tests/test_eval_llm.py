@@ -41,7 +41,15 @@ def _dataset(tmp_path: Path) -> Path:
     return folder
 
 
-async def test_a_model_answered_and_judged_suite(settings, model_server, tmp_path: Path):
+async def test_a_model_answered_and_judged_suite(settings, model_server, tmp_path: Path, monkeypatch):
+    judges = []
+
+    class RecordedJudge(runner.Judge):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            judges.append(self)
+
+    monkeypatch.setattr(runner, "Judge", RecordedJudge)
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(
         f"""
@@ -76,3 +84,5 @@ modes: [balanced]
     assert figures["faithfulness_judge"] is not None and results["run"]["judge_calls"] >= 4
     judged = [r for r in model_server.requests if "supported by the context" in last_user_text(r)]
     assert judged and all(r["model"] == "judge-model" and r["temperature"] == 0 for r in judged)
+    [judge] = judges
+    assert judge.provider.http.is_closed  # the judge's connections are closed with the run

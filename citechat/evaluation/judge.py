@@ -21,9 +21,13 @@ class JudgeError(CitechatError):
 
 class Judge:
     def __init__(self, settings: Settings, model: str) -> None:
-        provider = provider_from_settings(settings)
-        self._evaluator = FaithfulnessEvaluator(llm=provider.create(model, 0.0))
+        self.provider = provider_from_settings(settings)
+        self._evaluator = FaithfulnessEvaluator(llm=self.provider.create(model, 0.0))
         self.calls = 0
+
+    async def aclose(self) -> None:
+        """Closes the judge's connections to its model."""
+        await self.provider.aclose()
 
     async def faithfulness(self, question: str, record: dict, passages: dict[int, str]) -> float | None:
         """Share of the answer's sentences the judge finds supported by their cited passages (``passages``: the

@@ -13,7 +13,8 @@ import dataclasses
 import gc
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -74,8 +75,7 @@ def suite_settings(suite: Suite, base: Settings) -> Settings:
 
 async def run_suite(suite: Suite, dataset: Dataset, settings: Settings, options: RunOptions, track: Track) -> dict:
     started, clock = datetime.now(UTC), time.perf_counter()
-    judge = _judge(suite, settings) if "faithfulness" in suite.metrics else None
-    async with open_runtime(settings, resume_ingestion=False) as runtime:
+    async with _judge(suite, settings) as judge, open_runtime(settings, resume_ingestion=False) as runtime:
         org_name = options.org or f"eval-{suite.name}-{uuid.uuid4().hex[:8]}"
         organization = await commands.organization(runtime, org_name)
         try:
@@ -128,12 +128,19 @@ async def run_suite(suite: Suite, dataset: Dataset, settings: Settings, options:
     }
 
 
-def _judge(suite: Suite, settings: Settings) -> Judge | None:
+@asynccontextmanager
+async def _judge(suite: Suite, settings: Settings) -> AsyncIterator[Judge | None]:
+    """The suite's judge when it scores faithfulness with one (None otherwise), closed after the run."""
     spec = suite.llm.judge
-    if spec is None:
-        return None
+    if spec is None or "faithfulness" not in suite.metrics:
+        yield None
+        return
     changes = {"llm": spec.provider, "llm_model": spec.model, "llm_base_url": spec.base_url, "llm_models": []}
-    return Judge(type(settings)(**(settings.model_dump() | changes)), spec.model)
+    judge = Judge(type(settings)(**(settings.model_dump() | changes)), spec.model)
+    try:
+        yield judge
+    finally:
+        await judge.aclose()
 
 
 async def _index(runtime: Runtime, org: Organization, dataset: Dataset, track: Track) -> tuple[dict, list]:
