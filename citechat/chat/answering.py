@@ -595,21 +595,24 @@ async def _persisting(write: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _history(
-    db: AsyncSession | AsyncConnection, session_id: uuid.UUID, limit: int, *, before=None
+    db: AsyncSession | AsyncConnection, session_id: uuid.UUID, limit: int, *, before: datetime
 ) -> list[LLMMessage]:
-    """The last ``limit`` completed messages before ``before`` (default: all), oldest first."""
-    statement, params = _HISTORY, {"history_session": session_id, "limit": limit}
-    if before is not None:
-        statement, params = _HISTORY_BEFORE, params | {"before": before}
-    rows = (await db.execute(statement, params)).all()
+    """The last ``limit`` completed messages before ``before``, oldest first (a retry's history: ``begin`` reads
+    a new question's in the statement that admits it)."""
+    params = {"history_session": session_id, "limit": limit, "before": before}
+    rows = (await db.execute(_HISTORY_BEFORE, params)).all()
     return [LLMMessage(role=m.role, content=m.content) for m in reversed(rows)]
 
 
-def _history_statement(*where):
+def _history_before_statement():
     message = models.ChatMessage
     return (
         select(message.role, message.content)
-        .where(message.session_id == bindparam("history_session"), message.status == "completed", *where)
+        .where(
+            message.session_id == bindparam("history_session"),
+            message.status == "completed",
+            message.created_at < bindparam("before"),
+        )
         .order_by(message.created_at.desc(), message.id.desc())
         .limit(bindparam("limit", type_=Integer))
     )
@@ -696,5 +699,4 @@ _SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.C
 _ASK = _ask_statement()
 _SAVE_SOURCES = _save_sources_statement()
 _COMPLETE = _complete_statement()
-_HISTORY = _history_statement()
-_HISTORY_BEFORE = _history_statement(models.ChatMessage.created_at < bindparam("before"))
+_HISTORY_BEFORE = _history_before_statement()

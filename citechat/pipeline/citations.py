@@ -95,14 +95,10 @@ _URL = re.compile(r"\]\([^)\s]*\)|https?://\S+")
 
 
 class Passages:
-    """Sources' texts (``texts[i]`` is source number ``i + 1``) with their content terms, found once, when made."""
+    """The content terms of sources' texts (``terms[i]``: source number ``i + 1``'s), found once, when made."""
 
     def __init__(self, texts: Sequence[str]) -> None:
-        self.texts = tuple(texts)
-        self.terms = tuple(_content(text) for text in self.texts)
-
-    def __len__(self) -> int:
-        return len(self.texts)
+        self.terms = tuple(_content(text) for text in texts)
 
 
 def verify(answer: str, sources: Sequence[str] | Passages) -> CitationReport:

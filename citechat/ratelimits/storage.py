@@ -21,9 +21,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 HOUR_S, DAY_S = 3600, 86400
-_CONSUME = text(
-    "SELECT * FROM citechat_consume_quota(:user_key, :user_limit, :user_window, :org_key, :org_limit, :org_window)"
-)
 _WINDOWS = text(
     "SELECT u.hits, u.oldest, o.hits, o.oldest, extract(epoch FROM clock.now)::float8"
     " FROM (SELECT clock_timestamp() AS now) AS clock,"
@@ -34,7 +31,16 @@ _WINDOWS = text(
 )
 
 
-_QUOTA_COLUMNS = ("refused", "user_hits", "user_oldest", "org_hits", "org_oldest")
+# ``citechat_consume_quota(...)`` as a table, with its parameters (``PostgresQuotaStore.parameters``) bound by name.
+_CONSUMED = func.citechat_consume_quota(
+    bindparam("user_key", type_=String),
+    bindparam("user_limit", type_=Integer),
+    bindparam("user_window", type_=Float),
+    bindparam("org_key", type_=String),
+    bindparam("org_limit", type_=Integer),
+    bindparam("org_window", type_=Float),
+).table_valued("refused", "user_hits", "user_oldest", "org_hits", "org_oldest")
+_CONSUME = select(*_CONSUMED.c)
 
 
 def consumed_when(condition):
@@ -43,11 +49,7 @@ def consumed_when(condition):
     subquery into the statement, where the condition would filter the function's result after calling it; kept
     apart, a condition on the outer row alone is a one-time filter, checked before the call. Its parameters are
     ``PostgresQuotaStore.parameters``'."""
-    names = ("user_key", "user_limit", "user_window", "org_key", "org_limit", "org_window")
-    types = (String, Integer, Float, String, Integer, Float)
-    call = func.citechat_consume_quota(*(bindparam(name, type_=kind) for name, kind in zip(names, types, strict=True)))
-    found = call.table_valued(*_QUOTA_COLUMNS)
-    return select(*(found.c[name] for name in _QUOTA_COLUMNS)).where(condition).offset(0).lateral("quota")
+    return _CONSUME.where(condition).offset(0).lateral("quota")
 
 
 class QuotaStoreUnavailable(Exception):
