@@ -13,6 +13,7 @@ from citechat.chat.answering import Answering
 from citechat.chat.streams import AnswerStreams
 from citechat.chat.workers import WorkerLease, mark_orphans_failed
 from citechat.db.database import Database, open_database
+from citechat.db.statements import Runner
 from citechat.documents.ingestion import Ingestion
 from citechat.pipeline.llms import provider_from_settings
 from citechat.pipeline.local_model import local_model_server
@@ -59,15 +60,17 @@ async def open_runtime(
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
         llms = provider_from_settings(settings, local_base_url=local)
         stack.push_async_callback(llms.aclose)
+        statements = Runner(database.pool, telemetry.tracer)
         answering = Answering(
             sessions=database.sessions,
             autocommit=database.autocommit,
+            statements=statements,
             index=index,
             llms=llms,
             prompts=PromptStore(settings.prompts_dir),
             top_k=settings.retrieval_top_k,
             min_similarity=settings.strict_min_similarity,
-            limits=rate_limits_from_settings(settings, database.autocommit),
+            limits=rate_limits_from_settings(settings, statements),
             retrieval_timeout_s=settings.retrieval_timeout_s,
             worker_id=lease.id,
             telemetry=telemetry,

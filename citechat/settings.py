@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=20,
         ge=1,
-        description="Database connections kept open per process. A connection past these (as many again may "
-        "overflow) is closed when returned, so a pool smaller than the busiest moment reconnects under load.",
+        description="Database connections kept open per process: half for answering (its statements), half for "
+        "the rest, which may overflow by as many again (closed when returned, so a pool smaller than the busiest "
+        "moment reconnects under load).",
     )
     prompts_dir: Path = Field(
         default=Path(__file__).resolve().parents[1] / "prompts",

@@ -238,7 +238,6 @@ async def stage_a_race(app, monkeypatch, session_id: str, *, age_s: int = 0) -> 
     from sqlalchemy import text
 
     from citechat.chat import answering
-    from citechat.errors import NotFound
 
     async with app.state.database.sessions() as db:
         await db.execute(
@@ -250,11 +249,10 @@ async def stage_a_race(app, monkeypatch, session_id: str, *, age_s: int = 0) -> 
         )
         await db.commit()
 
-    async def checks_missing_the_race(db, archived, found) -> None:
-        if found is None:
-            raise NotFound("chat session not found")
+    async def checks_missing_the_race(db, busy_id, busy_worker) -> None:
+        return None
 
-    monkeypatch.setattr(answering, "_admit", checks_missing_the_race)
+    monkeypatch.setattr(answering, "_clear_or_refuse", checks_missing_the_race)
 
 
 @pytest.mark.parametrize("route", ["message", "message/stream"])

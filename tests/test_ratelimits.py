@@ -11,6 +11,7 @@ import pytest
 
 from citechat.api.app import create_app
 from citechat.auth.service import Principal
+from citechat.db.statements import Runner
 from citechat.ratelimits.service import RateLimited, RateLimits
 from citechat.ratelimits.storage import LimitsQuotaStore, PostgresQuotaStore
 from tests.conftest import client_for, derive
@@ -36,7 +37,7 @@ async def consume_all(limits: RateLimits, who: Principal, n: int) -> tuple[int, 
 
 async def test_postgres_window_is_exact_under_concurrency(app):
     quotas = {"per_user_per_hour": 50, "per_org_per_day": 1000}
-    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas))
+    limits = RateLimits(PostgresQuotaStore(Runner(app.state.database.pool), **quotas))
     who = principal()
     assert await consume_all(limits, who, 60) == (50, 10)
     user, organization = await limits.status(who)
@@ -45,7 +46,7 @@ async def test_postgres_window_is_exact_under_concurrency(app):
 
 async def test_organization_quota_spent_does_not_spend_the_users(app):
     quotas = {"per_user_per_hour": 5, "per_org_per_day": 3}
-    limits = RateLimits(PostgresQuotaStore(app.state.database.autocommit, **quotas))
+    limits = RateLimits(PostgresQuotaStore(Runner(app.state.database.pool), **quotas))
     alice = principal()
     bob = Principal(uuid.uuid4(), alice.organization_id, "bob", alice.organization)
     assert await consume_all(limits, alice, 3) == (3, 0)

@@ -2,6 +2,7 @@
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -56,6 +57,12 @@ async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
     return await _unexpected_error(request, exc)
 
 
+async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+    """The answer path's driver (asyncpg, ``db.statements``) losing its connection, or the server shutting down."""
+    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+
+
 async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
     log.warning("connection failure during %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
@@ -74,6 +81,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CitechatError, _citechat_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    for away in (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError):
+        app.add_exception_handler(away, _database_away)
     app.add_exception_handler(OSError, _connection_error)
     app.add_exception_handler(PoolTimeout, _busy)
     app.add_exception_handler(Exception, _unexpected_error)

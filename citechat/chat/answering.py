@@ -2,11 +2,16 @@
 
 ``begin`` (and ``begin_retry``) does everything that can be refused (ownership, an archived session, an answer
 still being written, a spent quota) before anything is stored or any byte is streamed, so those are plain HTTP
-errors; then the question is stored (``Turn.stored``) while ``run`` already prepares the answer (retrieval, the
-prompt). ``run`` says nothing until the question is stored (a send racing another in the same session is refused
-there, as an HTTP error still), then yields the events of the answer and leaves the assistant message
-``completed``, ``failed`` (with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when
-the database is briefly away, the final write is retried before it is given up.
+errors; then, at once, it starts preparing the answer (``Turn.generation``: retrieval, the prompt, and the model's
+request as soon as the prompt is ready) and storing the question (``Turn.stored``), side by side. ``run`` says
+nothing until the question is stored (a send racing another in the same session is refused there, as an HTTP
+error still), then yields the events of the answer and leaves the assistant message ``completed``, ``failed``
+(with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when the database is briefly
+away, the final write is retried before it is given up.
+
+The statements an answer sends are compiled once and run on asyncpg directly (``db.statements``: the answer path
+is where SQLAlchemy's per-statement work showed, under load); the rare paths (a retry, an orphaned answer in the
+way) use SQLAlchemy sessions like the rest of the API.
 """
 
 import asyncio
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+import asyncpg
 from llama_index.core.llms import ChatMessage as LLMMessage
 from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.utils import get_tokenizer
@@ -39,7 +45,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -48,6 +53,7 @@ from citechat.auth.service import Principal
 from citechat.chat import models, schemas, workers
 from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
+from citechat.db.statements import UNAVAILABLE, Runner, Statement
 from citechat.errors import CitechatError, Conflict, NotFound
 from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider
@@ -57,10 +63,13 @@ from citechat.ratelimits import storage
 from citechat.ratelimits.service import Quota, RateLimited, RateLimits
 from citechat.retrievers.base import IndexBackend, Organization
 from citechat.telemetry import NO_TELEMETRY, Telemetry
+from citechat.telemetry.tracing import AnswerWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Executor = AsyncSession | AsyncConnection  # an ORM session (a retry's transaction) or an autocommit connection
+# What a final write waits out and tries again: the database away (a restart takes seconds), through either driver.
+_DATABASE_AWAY = (OperationalError, InterfaceError, *UNAVAILABLE)
 TITLE_LENGTH = 50
 IN_FLIGHT = ("pending", "streaming")
 BUSY = "an answer is still being written in this session; wait for it or stop it"
@@ -91,6 +100,9 @@ class Turn:
     # The question being stored (``begin`` starts it): done once it is, or raising why it was refused after all
     # (another send got there first, the session was archived or deleted since it was admitted).
     stored: asyncio.Future = field(default_factory=lambda: _done(None))
+    # The answer being prepared (``begin`` starts it too): retrieval and the prompt, then the model asked.
+    generation: asyncio.Future = field(default_factory=lambda: _done(None))
+    watch: AnswerWatch | None = None  # its telemetry, from when its preparation started
     started: float = field(default_factory=time.perf_counter)
     text: str = ""  # streamed so far (persisted by the stream's flusher)
     sources: list[models.ChatSource] = field(default_factory=list)  # as saved, in citation order
@@ -102,11 +114,13 @@ class Turn:
 class Answering:
     """What answering needs from the process (built once in the lifespan).
 
-    Asking and answering run on ``autocommit``, in Core statements that each do their work alone (see
-    ``Database.autocommit``); only a retry, which rewrites an answer in place, takes a transaction."""
+    Asking and answering send ``statements``, each doing its work alone, in autocommit (see ``db.statements``);
+    only a retry, which rewrites an answer in place, takes a transaction (``sessions``), and the rare paths use
+    ``autocommit``."""
 
     sessions: async_sessionmaker[AsyncSession]
     autocommit: AsyncEngine
+    statements: Runner
     index: IndexBackend
     llms: LLMProvider
     prompts: PromptStore
@@ -123,12 +137,11 @@ class Answering:
         # history read and, when the quotas are kept in the database, the question counted; then one stores it.
         counting = self.limits.in_statement(principal)
         params = _owner(principal, session_id) | (counting or {})
-        async with self.autocommit.connect() as db:
-            session = (await db.execute(_ADMIT if counting is None else _ADMIT_COUNTING, params)).first()
-            await _admit(db, session and session.is_archived, session)
+        session = await self.statements.fetchrow(_ADMIT if counting is None else _ADMIT_COUNTING, params)
+        await self._admit(session, archived=session and session["is_archived"])
         quota = await self._count(principal, admitted=session if counting is not None else None)
-        history = [LLMMessage(role=m["role"], content=m["content"]) for m in session.history]
-        mode = ResponseMode(request.mode or session.response_mode)
+        history = [LLMMessage(role=m["role"], content=m["content"]) for m in session["history"]]
+        mode = ResponseMode(request.mode or session["response_mode"])
         asked = utcnow()
         user = models.ChatMessage(
             id=uuid.uuid4(),
@@ -140,9 +153,10 @@ class Answering:
             updated_at=asked,
         )
         assistant = self._new_answer(session_id, mode, model, after=asked)
-        title = _title(request.question) if session.title == NEW_SESSION_TITLE else None
+        title = _title(request.question) if session["title"] == NEW_SESSION_TITLE else None
         metadata, question = assistant.message_metadata, request.question
         turn = Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
+        self._prepare(turn)
         turn.stored = asyncio.ensure_future(self._store(principal, session_id, title, [user, assistant]))
         return turn
 
@@ -151,14 +165,14 @@ class Answering:
     ) -> None:
         """Stores the question and its pending answer, touching the session (its ``title`` when it had none)."""
         params = _owner(principal, session_id) | {"title": title, "at": rows[0].created_at}
-        async with self.autocommit.connect() as db:
-            try:
-                stored = await db.scalar(_ASK, params | _rows(models.ChatMessage.__table__, rows))
-            except IntegrityError as exc:  # idx_chat_messages_one_in_flight: another send got there first
-                raise Conflict(BUSY) from exc
-            if stored is None:  # archived or deleted since it was admitted: say which
-                await self._session_row(db, principal, session_id)
-                raise NotFound("chat session not found")
+        try:
+            stored = await self.statements.fetchval(_ASK, params | _rows(models.ChatMessage.__table__, rows))
+        except asyncpg.UniqueViolationError as exc:  # idx_chat_messages_one_in_flight: another send got there first
+            raise Conflict(BUSY) from exc
+        if stored is None:  # archived or deleted since it was admitted: say which
+            found = await self.statements.fetchrow(_SESSION_ROW, _owner(principal, session_id))
+            await self._admit(found, archived=found and found["is_archived"])
+            raise NotFound("chat session not found")
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
@@ -189,13 +203,15 @@ class Answering:
                 await db.commit()
             except IntegrityError as exc:  # a send committed between this retry's checks and its write
                 raise Conflict(BUSY) from exc
-            return Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
+            turn = Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
+        self._prepare(turn)
+        return turn
 
-    async def _count(self, principal: Principal, *, admitted: Row | None = None) -> Quota:
+    async def _count(self, principal: Principal, *, admitted: asyncpg.Record | None = None) -> Quota:
         """Counts the message, or reads how the admitting statement counted it (``admitted``: its row, when it
         counted; it does not when an orphaned answer stood in the way, marked failed since)."""
         try:
-            if admitted is not None and admitted.user_hits is not None:
+            if admitted is not None and admitted["user_hits"] is not None:
                 return self.limits.consumed(admitted)
             return await self.limits.consume(principal)
         except RateLimited as refused:
@@ -230,14 +246,22 @@ class Answering:
     ) -> models.ChatSession:
         """The caller's session (the ORM object), locked until commit so two retries cannot both pass the checks."""
         found = (await db.execute(_SESSION_LOCKED, _owner(principal, session_id))).first()
-        await _admit(db, found and found[0].is_archived, found)
+        await self._admit(found and found._mapping, archived=found and found[0].is_archived, db=db)
         return found[0]
 
-    async def _session_row(self, db: AsyncConnection, principal: Principal, session_id: uuid.UUID) -> Row:
-        """The caller's session (its columns), when a question may be asked in it now."""
-        found = (await db.execute(_SESSION_ROW, _owner(principal, session_id))).first()
-        await _admit(db, found and found.is_archived, found)
-        return found
+    async def _admit(self, found, *, archived: bool | None, db: Executor | None = None) -> None:
+        """Refuses a session that is not there (``found``: its row, with ``busy_id`` and ``busy_worker``),
+        archived, or with an answer being written by a live process (one whose process is gone is marked failed:
+        it will never finish; on ``db``, or on a connection of its own)."""
+        if found is None:
+            raise NotFound("chat session not found")
+        if archived:
+            raise Conflict("this chat session is archived and read-only")
+        if found["busy_id"] is not None:
+            if db is None:
+                async with self.autocommit.connect() as db:
+                    return await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
+            await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
 
     def _new_answer(
         self, session_id: uuid.UUID, mode: ResponseMode, model: str, *, after: datetime | None = None
@@ -258,28 +282,31 @@ class Answering:
         )
 
     def run(self, turn: Turn) -> AsyncIterator[Event]:
-        return self.telemetry.observe_answer(turn, self._run(turn))  # closing it closes _run at once
+        return self.telemetry.observe_answer(turn.watch, self._run(turn))  # closing it closes _run at once
+
+    def _prepare(self, turn: Turn) -> None:
+        """Starts preparing the answer (``Turn.generation``): from here to the model's request nothing waits on
+        anything but retrieval."""
+        llm = self.llms.create(turn.model, POLICIES[turn.mode].temperature)
+        turn.watch = self.telemetry.start_answer(turn)
+        with turn.watch.current():  # the answer's span is the parent of what preparing it does
+            turn.generation = asyncio.ensure_future(self._generate(turn, llm, self.prompts.current()))
 
     async def _run(self, turn: Turn) -> AsyncIterator[Event]:
-        stage, timings, generating = "retrieval", {}, _done(None)
+        stage, timings, generating = "retrieval", {}, turn.generation
         try:
-            prompts = self.prompts.current()
-            llm = self.llms.create(turn.model, POLICIES[turn.mode].temperature)
-            clock = time.perf_counter()
-            # Retrieval and the prompt are prepared while the question is being stored.
-            generating = asyncio.ensure_future(self._generate(turn, llm, prompts))
             await asyncio.shield(turn.stored)
             yield Event(
                 "user_message", message_json(turn.user_message, []) | {"assistant_message_id": str(turn.assistant_id)}
             )
-            generation = await generating
+            prepared: _Prepared = await generating
+            generation, llm, prompts = prepared.generation, prepared.llm, prepared.prompts
             timings |= generation.timings_ms
             async with aclosing(generation.tokens) as tokens:
-                # The model is asked now (the request is on its way before anything else runs), and the sources
-                # are saved while it thinks of its first token.
-                first = asyncio.ensure_future(anext(tokens, _END))
+                # The model was asked as soon as the prompt was ready (``first``); the sources are saved while it
+                # thinks of its first token.
+                first = prepared.first
                 try:
-                    await asyncio.sleep(0)
                     turn.sources = await self._save_sources(turn, generation.sources)
                     yield Event("sources", {"sources": [source_json(s) for s in turn.sources]})
                     # Their terms are found now, while the model thinks, so that checking the citations after
@@ -295,7 +322,7 @@ class Answering:
                     yield Event("token", {"delta": delta})
                     delta = await anext(tokens, _END)
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
-            timings["generation_ms"] = _ms(clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
+            timings["generation_ms"] = _ms(prepared.clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
             turn.finishing = True
             report = citations.verify(turn.text, passages)
@@ -306,27 +333,29 @@ class Answering:
             yield Event("done", message)
         except (asyncio.CancelledError, GeneratorExit):
             # Stopped by the user, or the process is stopping: never leave the answer "streaming".
-            await _cancel(generating)
+            await _cancel_preparation(generating)
             await asyncio.shield(_persisting(lambda: self._interrupt(turn, stage)))
             raise
         except Exception as exc:
             if not await _was_stored(turn):  # refused after all: nothing was stored, the refusal is the answer
-                await _cancel(generating)
+                await _cancel_preparation(generating)
                 raise
             detail, retryable, expected = _failure(exc)
             log.warning("answer %s failed at %s: %s", turn.assistant_id, stage, detail, exc_info=not expected)
             details = {"stage": stage, "retryable": retryable, "provider": self._provider(stage)}
             try:
                 await _persisting(lambda: self._fail(turn, detail, details))
-            except (OperationalError, InterfaceError, OSError):
+            except _DATABASE_AWAY:
                 log.error(
                     "answer %s: the failure could not be saved; it is marked at the next start", turn.assistant_id
                 )
             yield Event("error", {"message_id": str(turn.assistant_id), "detail": detail, "retryable": retryable})
 
-    async def _generate(self, turn: Turn, llm, prompts) -> engine.Generation:
+    async def _generate(self, turn: Turn, llm, prompts) -> "_Prepared":
+        """Retrieval and the prompt, then the model's first piece asked for at once (its request sent)."""
+        clock = time.perf_counter()
         organization = Organization(turn.principal.organization_id, turn.principal.organization)
-        return await engine.generate(
+        generation = await engine.generate(
             question=turn.question,
             history=turn.history,
             retriever=self.index.retriever(organization, self.top_k),
@@ -337,6 +366,8 @@ class Answering:
             retrieval_timeout_s=self.retrieval_timeout_s,
             telemetry=self.telemetry,
         )
+        first = asyncio.ensure_future(anext(generation.tokens, _END))
+        return _Prepared(generation, first, llm, prompts, clock)
 
     async def stored_message(self, message_id: uuid.UUID) -> dict | None:
         """The message as stored, in the API's shape (with its sources)."""
@@ -355,8 +386,7 @@ class Answering:
         """Saves the sources and marks the answer ``streaming``, in one statement."""
         rows = [_source_row(turn.assistant_id, rank, node) for rank, node in enumerate(nodes, 1)]
         params = {"answer_id": turn.assistant_id, "at": utcnow()} | _rows(models.ChatSource.__table__, rows)
-        async with self.autocommit.connect() as db:
-            await db.execute(_SAVE_SOURCES, params)
+        await self.statements.execute(_SAVE_SOURCES, params)
         return rows
 
     async def _complete(
@@ -403,8 +433,8 @@ class Answering:
             "metadata": metadata,
             "at": utcnow(),
         }
-        async with self.autocommit.connect() as db:
-            message = (await db.execute(_COMPLETE, params | _rows(models.ChatSource.__table__, turn.sources))).first()
+        verdicts = {"rows": [{"id": str(s.id), "cited": s.cited, "support": s.support} for s in turn.sources]}
+        message = await self.statements.fetchrow(_COMPLETE, params | verdicts)
         if message is None:
             raise NotFound("the answer was deleted while it was being written")
         return message_json(message, turn.sources)
@@ -423,15 +453,10 @@ class Answering:
                 turn, "failed", error_message=workers.INTERRUPTED, error_details={"stage": stage, "retryable": True}
             )
 
-    async def _end(self, turn: Turn, status: str, **values) -> None:
-        async with self.autocommit.connect() as db:
-            await db.execute(
-                update(models.ChatMessage)
-                .where(
-                    models.ChatMessage.id == turn.assistant_id, models.ChatMessage.status.in_((*IN_FLIGHT, "stopped"))
-                )
-                .values(status=status, content=turn.text, processing_time_ms=_ms(turn.started), **values)
-            )
+    async def _end(self, turn: Turn, status: str, error_message: str | None = None, error_details=None) -> None:
+        params = {"answer_id": turn.assistant_id, "status": status, "text": turn.text, "took_ms": _ms(turn.started)}
+        params |= {"at": utcnow()}
+        await self.statements.execute(_END_STATEMENT, params | {"error": error_message, "details": error_details})
 
 
 def _in_flight():
@@ -486,17 +511,12 @@ def _owner(principal: Principal, session_id: uuid.UUID) -> dict:
     return {"owned_session": session_id, "owner": principal.user_id, "owner_organization": principal.organization_id}
 
 
-async def _admit(db: Executor, archived: bool | None, found: Row | None) -> None:
-    """Refuses a session that is not there, archived, or has an answer being written by a live process (one whose
-    process is gone is marked failed: it will never finish)."""
-    if found is None:
-        raise NotFound("chat session not found")
-    if archived:
-        raise Conflict("this chat session is archived and read-only")
-    if found.busy_id is not None:
-        if not await workers.is_dead(db, found.busy_worker):
-            raise Conflict(BUSY)
-        await workers.fail_orphan(db, found.busy_id)
+async def _clear_or_refuse(db: Executor, busy_id: uuid.UUID, busy_worker: uuid.UUID | None) -> None:
+    """The answer in flight in a session: refused if its process is alive, else marked failed (it will never
+    finish)."""
+    if not await workers.is_dead(db, busy_worker):
+        raise Conflict(BUSY)
+    await workers.fail_orphan(db, busy_id)
 
 
 def _title(question: str) -> str:
@@ -539,7 +559,7 @@ def _complete_statement():
     """The answer (``answer_id``) completed: its text, token counts, time taken and metadata, at ``at``; and each
     of its sources' verdicts (``rows``: ``cited``, ``support``). Returns the answer's row."""
     answer, table = models.ChatMessage, models.ChatSource.__table__
-    checked = _recordset(table).subquery("checked")
+    checked = _recordset(table, ("id", "cited", "support")).subquery("checked")
     verdicts = (
         update(table)
         .where(table.c.id == checked.c.id)
@@ -564,12 +584,31 @@ def _complete_statement():
     )
 
 
-def _recordset(table):
-    """``SELECT * FROM jsonb_populate_recordset(NULL::<table>, :rows)``: rows of ``table`` passed as one JSON
-    parameter (``_rows``). However many rows, the statement stays one short text that SQLAlchemy compiles once; a
-    multi-row VALUES, or a parameter per column per row, costs more to build and to cache-key than the write."""
+def _end_statement():
+    """The answer (``answer_id``) ended ``status`` (failed or stopped, while in flight or stopped elsewhere) with
+    the text it had (``text``), the time it took (``took_ms``), and what failed (``error``, ``details``; None
+    leaves them as they are), at ``at``."""
+    answer = models.ChatMessage
+    return (
+        update(answer)
+        .where(answer.id == bindparam("answer_id"), answer.status.in_((*IN_FLIGHT, "stopped")))
+        .values(
+            status=bindparam("status", type_=String),
+            content=bindparam("text", type_=String),
+            processing_time_ms=bindparam("took_ms", type_=Integer),
+            error_message=func.coalesce(bindparam("error", type_=String), answer.error_message),
+            error_details=func.coalesce(bindparam("details", type_=JSONB(none_as_null=True)), answer.error_details),
+            updated_at=bindparam("at", type_=DateTime(timezone=True)),
+        )
+    )
+
+
+def _recordset(table, names=None):
+    """``SELECT <names> FROM jsonb_populate_recordset(NULL::<table>, :rows)``: rows of ``table`` (``names`` of its
+    columns, default all) passed as one JSON parameter (``_rows``). However many rows, the statement stays one short
+    text; a multi-row VALUES, or a parameter per column per row, would change with the number of rows."""
     records = func.jsonb_populate_recordset(literal_column(f"NULL::{table.name}"), bindparam("rows", type_=JSONB))
-    names = [column.key for column in table.columns]
+    names = names or [column.key for column in table.columns]
     found = records.table_valued(*names)
     return select(*[found.c[name] for name in names])  # by name: the table's own column order may differ
 
@@ -588,7 +627,7 @@ async def _persisting(write: Callable[[], Awaitable[T]]) -> T:
     for delay in FINAL_WRITE_DELAYS_S:
         try:
             return await write()
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except _DATABASE_AWAY as exc:
             log.warning("database unavailable for a final write (%s); retrying in %s s", type(exc).__name__, delay)
             await asyncio.sleep(delay)
     return await write()
@@ -642,12 +681,15 @@ def source_json(source: models.ChatSource) -> dict:
     return schemas.ChatSource.model_validate(source).model_dump(mode="json")
 
 
-def message_json(message: models.ChatMessage | Row, sources: list[models.ChatSource] | None = None) -> dict:
-    """The message (an ORM object or a row of its columns) as the API shows it; ``sources`` default to the
+def message_json(message: models.ChatMessage | asyncpg.Record, sources: list[models.ChatSource] | None = None) -> dict:
+    """The message (an ORM object, or a record of its columns) as the API shows it; ``sources`` default to the
     message's own (which must be loaded)."""
     if sources is None:
         sources = sorted(message.sources, key=lambda source: source.rank or 0)
-    columns = {column.key: getattr(message, column.key) for column in models.ChatMessage.__table__.columns}
+    if isinstance(message, models.ChatMessage):
+        columns = {column.key: getattr(message, column.key) for column in models.ChatMessage.__table__.columns}
+    else:
+        columns = dict(message)
     body = schemas.ChatMessage.model_validate(columns | {"sources": []}).model_dump(mode="json")
     return body | {"sources": [source_json(s) for s in sources]}
 
@@ -680,6 +722,27 @@ async def _was_stored(turn: Turn) -> bool:
     return not turn.stored.cancelled() and turn.stored.exception() is None
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """An answer ready to stream (``Answering._generate``): its generation, the model's first piece asked for
+    (``first``: its request sent), the LLM and prompts it was made with, and when preparing began."""
+
+    generation: engine.Generation
+    first: asyncio.Future
+    llm: object
+    prompts: object
+    clock: float
+
+
+async def _cancel_preparation(generating: asyncio.Future) -> None:
+    """Cancels an answer's preparation, and the model's request if it was sent."""
+    await _cancel(generating)
+    if not generating.cancelled() and generating.exception() is None and generating.result() is not None:
+        prepared = generating.result()
+        await _cancel(prepared.first)
+        await prepared.generation.tokens.aclose()
+
+
 def _ms(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
 
@@ -692,11 +755,13 @@ _OWNED = (
     models.ChatSession.organization_id == bindparam("owner_organization"),
 )
 _BUSY = _in_flight()
-_SESSION_ROW = _session_query(*models.ChatSession.__table__.columns)
-_ADMIT = _admit_statement(counting=False)
-_ADMIT_COUNTING = _admit_statement(counting=True)
 _SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
-_ASK = _ask_statement()
-_SAVE_SOURCES = _save_sources_statement()
-_COMPLETE = _complete_statement()
 _HISTORY_BEFORE = _history_before_statement()
+# On asyncpg (``db.statements``):
+_SESSION_ROW = Statement(_session_query(*models.ChatSession.__table__.columns))
+_ADMIT = Statement(_admit_statement(counting=False))
+_ADMIT_COUNTING = Statement(_admit_statement(counting=True))
+_ASK = Statement(_ask_statement())
+_SAVE_SOURCES = Statement(_save_sources_statement())
+_COMPLETE = Statement(_complete_statement())
+_END_STATEMENT = Statement(_end_statement())

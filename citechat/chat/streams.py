@@ -16,12 +16,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from citechat.chat import models, workers
 from citechat.chat.answering import IN_FLIGHT, Answering, Event, Turn, message_json, source_json
+from citechat.db.statements import Statement
 from citechat.errors import CitechatError, Conflict
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,12 @@ class AnswerStreams:
             await asyncio.sleep(FLUSH_S)
             text = turn.text
             try:
-                async with self._answering.autocommit.connect() as db:  # one statement
-                    if text != saved:
-                        writing = await db.scalar(_SAVE_TEXT, {"answer_id": turn.assistant_id, "text": text})
-                        saved = text
-                    else:
-                        writing = await db.scalar(_WRITING, {"answer_id": turn.assistant_id})
+                if text != saved:
+                    params = {"answer_id": turn.assistant_id, "text": text}
+                    writing = await self._answering.statements.fetchval(_SAVE_TEXT, params)
+                    saved = text
+                else:
+                    writing = await self._answering.statements.fetchval(_WRITING, {"answer_id": turn.assistant_id})
             except Exception as exc:  # the database is away: the answer goes on, the next flush catches up
                 log.debug("flushing answer %s failed: %s", turn.assistant_id, type(exc).__name__)
                 continue
@@ -266,16 +267,16 @@ class AnswerStreams:
             await asyncio.sleep(POLL_S)
 
 
-# The flusher's statements, built once (building one costs more CPU than sending it; see ``chat.answering``): the
-# answer's text saved while it is in flight, or only whether it still is. Both return its id when it is.
+# The flusher's statements, on asyncpg like the rest of the answer path (``db.statements``): the answer's text saved
+# while it is in flight, or only whether it still is. Both return its id when it is.
 _IN_FLIGHT_ANSWER = (
     models.ChatMessage.id == bindparam("answer_id"),
     models.ChatMessage.status.in_(IN_FLIGHT),
 )
-_SAVE_TEXT = (
+_SAVE_TEXT = Statement(
     update(models.ChatMessage)
     .where(*_IN_FLIGHT_ANSWER)
-    .values(content=bindparam("text"))
+    .values(content=bindparam("text", type_=String), updated_at=func.now())
     .returning(models.ChatMessage.id)
 )
-_WRITING = select(models.ChatMessage.id).where(*_IN_FLIGHT_ANSWER)
+_WRITING = Statement(select(models.ChatMessage.id).where(*_IN_FLIGHT_ANSWER))

@@ -5,10 +5,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from citechat.db import statements
 from citechat.db.embedded import EmbeddedPostgres
 from citechat.db.migrations import upgrade_to_head
 from citechat.settings import Settings
@@ -21,6 +23,8 @@ class Database:
     # The same pool in autocommit, for Core statements that do their work alone: no BEGIN and COMMIT round trips
     # around each, and no ORM session to set up (answering and rate limits send a dozen per question).
     autocommit: AsyncEngine
+    # The answer path's connections: its statements go to asyncpg directly (``db.statements`` says why).
+    pool: asyncpg.Pool
     url: str
 
 
@@ -32,23 +36,38 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     # Last in, first out: the connection returned last is used next, so the pool keeps reusing the connections it
     # needs and the idle ones stay idle (first in, first out would hand out the longest-idle one every time, and
     # ``_ping_when_idle`` would ping it first: at one answer at a time, every write after the answer's last token).
-    engine = create_async_engine(
-        url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_use_lifo=True
-    )
+    # The connections are shared out: half to the answer path's asyncpg pool, half kept by the engine, which may
+    # overflow by as many as the setting says (retrieval, the API, ingestion).
+    answering = max(1, settings.db_pool_size // 2)
+    kept = max(1, settings.db_pool_size - answering)
+    engine = create_async_engine(url, pool_size=kept, max_overflow=settings.db_pool_size, pool_use_lifo=True)
     _ping_when_idle(engine)
+    pool = None
     try:
         if migrate:
             await upgrade_to_head(engine)
+        pool = await statements.create_pool(_asyncpg_kwargs(engine), answering)
         yield Database(
             engine=engine,
             sessions=async_sessionmaker(engine, expire_on_commit=False),
             autocommit=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            pool=pool,
             url=url,
         )
     finally:
+        if pool is not None:
+            await pool.close()
         await engine.dispose()
         if embedded:
             await embedded.stop()
+
+
+def _asyncpg_kwargs(engine: AsyncEngine) -> dict:
+    """What SQLAlchemy passes ``asyncpg.connect`` for the engine's URL, without its own options."""
+    _, kwargs = engine.dialect.create_connect_args(engine.url)
+    for own in ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn"):
+        kwargs.pop(own, None)
+    return kwargs
 
 
 IDLE_BEFORE_PING_S = 1.0

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from limits.storage import storage_from_string
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from citechat.auth.service import Principal
+from citechat.db.statements import Runner
 from citechat.errors import CitechatError, ServiceUnavailable
 from citechat.ratelimits.storage import (
     DAY_S,
@@ -115,12 +115,12 @@ def _keys(principal: Principal) -> tuple[str, str]:
     return f"user/{principal.user_id}", f"organization/{principal.organization_id}"
 
 
-def rate_limits_from_settings(settings, autocommit: AsyncEngine) -> RateLimits:
-    """PostgreSQL (the app's own database, through its ``autocommit`` engine) unless ``ratelimit_storage`` names a
-    ``limits`` storage URI."""
+def rate_limits_from_settings(settings, statements: Runner) -> RateLimits:
+    """PostgreSQL (the app's own database, through the answer path's ``statements``) unless ``ratelimit_storage``
+    names a ``limits`` storage URI."""
     limits = {"per_user_per_hour": settings.ratelimit_user_per_hour, "per_org_per_day": settings.ratelimit_org_per_day}
     if settings.ratelimit_storage:
         store = LimitsQuotaStore(storage_from_string(settings.ratelimit_storage, wrap_exceptions=True), **limits)
     else:
-        store = PostgresQuotaStore(autocommit, **limits)
+        store = PostgresQuotaStore(statements, **limits)
     return RateLimits(store)

@@ -5,29 +5,32 @@ for offline evaluation runs).
 Both count a moving window exactly under concurrency, across processes. On PostgreSQL a row per accepted hit is
 kept, and one database function (``citechat_consume_quota``, migration 0005) locks both keys, drops their expired
 hits, counts both windows and inserts both hits when both have room: a question's quota costs one round trip, on
-the autocommit engine (``Database.autocommit``), or none of its own when it is called inside the statement that
-admits the question (``consumed_when``). Through ``limits`` it is the library's moving-window strategy, a round
-trip per step.
+the answer path's connections (``Database.pool``), or none of its own when it is called inside the statement that
+admits the question (``consumed_when``). Like the rest of the answer path, these statements run on asyncpg
+directly (``db.statements``). Through ``limits`` it is the library's moving-window strategy, a round trip per step.
 """
 
 import asyncio
 from dataclasses import dataclass
 
+import asyncpg
 from limits import RateLimitItemPerDay, RateLimitItemPerHour
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from sqlalchemy import Float, Integer, String, bindparam, func, select, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from citechat.db.statements import UNAVAILABLE, Runner, Statement
 
 HOUR_S, DAY_S = 3600, 86400
-_WINDOWS = text(
-    "SELECT u.hits, u.oldest, o.hits, o.oldest, extract(epoch FROM clock.now)::float8"
-    " FROM (SELECT clock_timestamp() AS now) AS clock,"
-    " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
-    "  WHERE key = :user_key AND hit_at > clock.now - make_interval(secs => :user_window)) AS u,"
-    " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
-    "  WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)) AS o"
+_WINDOWS = Statement(
+    text(
+        "SELECT u.hits, u.oldest, o.hits, o.oldest, extract(epoch FROM clock.now)::float8"
+        " FROM (SELECT clock_timestamp() AS now) AS clock,"
+        " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
+        "  WHERE key = :user_key AND hit_at > clock.now - make_interval(secs => :user_window)) AS u,"
+        " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
+        "  WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)) AS o"
+    )
 )
 
 
@@ -41,6 +44,7 @@ _CONSUMED = func.citechat_consume_quota(
     bindparam("org_window", type_=Float),
 ).table_valued("refused", "user_hits", "user_oldest", "org_hits", "org_oldest")
 _CONSUME = select(*_CONSUMED.c)
+_CONSUME_ALONE = Statement(_CONSUME)
 
 
 def consumed_when(condition):
@@ -73,22 +77,22 @@ class Windows:
 
 
 class PostgresQuotaStore:
-    def __init__(self, autocommit: AsyncEngine, *, per_user_per_hour: int, per_org_per_day: int) -> None:
-        """``autocommit``: an engine in autocommit (``Database.autocommit``): in a transaction, hits would be rolled
-        back with it."""
-        self._engine = autocommit
+    def __init__(self, statements: Runner, *, per_user_per_hour: int, per_org_per_day: int) -> None:
+        """``statements``: the answer path's (``db.statements``), each committed alone: in a transaction, hits
+        would be rolled back with it."""
+        self._statements = statements
         self._user_limit, self._org_limit = per_user_per_hour, per_org_per_day
 
     async def consume(self, user_key: str, org_key: str) -> Windows:
-        return self.consumed(await self._one(_CONSUME, user_key, org_key))
+        return self.consumed(await self._one(_CONSUME_ALONE, user_key, org_key))
 
     def consumed(self, row) -> Windows:
         """The windows ``citechat_consume_quota`` returned (in ``row``'s columns of those names)."""
         user, org = (
-            Window(row.user_hits, row.user_oldest, self._user_limit),
-            Window(row.org_hits, row.org_oldest, self._org_limit),
+            Window(row["user_hits"], row["user_oldest"], self._user_limit),
+            Window(row["org_hits"], row["org_oldest"], self._org_limit),
         )
-        return Windows(user, org, row.refused)
+        return Windows(user, org, row["refused"])
 
     async def windows(self, user_key: str, org_key: str) -> Windows:
         user_hits, user_oldest, org_hits, org_oldest, now = await self._one(_WINDOWS, user_key, org_key)
@@ -100,11 +104,10 @@ class PostgresQuotaStore:
         params = {"user_key": user_key, "user_limit": self._user_limit, "user_window": HOUR_S}
         return params | {"org_key": org_key, "org_limit": self._org_limit, "org_window": DAY_S}
 
-    async def _one(self, statement, user_key: str, org_key: str):
+    async def _one(self, statement: Statement, user_key: str, org_key: str) -> asyncpg.Record:
         try:
-            async with self._engine.connect() as db:
-                return (await db.execute(statement, self.parameters(user_key, org_key))).one()
-        except DBAPIError as exc:
+            return await self._statements.fetchrow(statement, self.parameters(user_key, org_key))
+        except (asyncpg.PostgresError, *UNAVAILABLE) as exc:
             raise QuotaStoreUnavailable(type(exc).__name__) from exc
 
 

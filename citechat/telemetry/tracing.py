@@ -55,7 +55,6 @@ class Telemetry:
         self.prices = prices or {}
         self.provider = provider
         self._stage_targets = {
-            "citechat.chat": targets.end_to_end_ms,
             "citechat.retrieve": targets.retrieval_ms,
             "citechat.condense": targets.condense_ms,
         }
@@ -115,28 +114,42 @@ class Telemetry:
         if self.trace_content:
             span.set_attributes({key: value for key, value in values.items() if value is not None})
 
-    async def observe_answer(self, turn: "Turn", events: AsyncIterator["Event"]) -> AsyncIterator["Event"]:
-        """``events`` (an answer being written) passed through unchanged, inside a ``citechat.chat`` span;
-        ``citechat.generate`` runs from the sources to the last token; metrics are recorded when the answer ends.
+    def start_answer(self, turn: "Turn") -> "AnswerWatch":
+        """The ``citechat.chat`` span of an answer, started when its preparation starts (``Answering.begin``, in
+        the request); ``use_span`` makes it current for the work started there, ``observe_answer`` ends it."""
+        watch = AnswerWatch(self, turn)
+        watch.chat = self.tracer.start_span("citechat.chat", attributes=watch.attributes)
+        self.content(watch.chat, {"citechat.question": turn.question})
+        return watch
+
+    async def observe_answer(self, watch: "AnswerWatch", events: AsyncIterator["Event"]) -> AsyncIterator["Event"]:
+        """``events`` (an answer being written) passed through unchanged, inside its ``citechat.chat`` span
+        (``start_answer``); ``citechat.generate`` runs from the sources to the last token; metrics are recorded when
+        the answer ends.
 
         Watching the events rather than the code that makes them keeps the answering flow free of telemetry."""
-        watch = _AnswerWatch(self, turn)
-        with self.stage_span("citechat.chat", content={"citechat.question": turn.question}, **watch.attributes) as span:
-            watch.chat = span
-            async with aclosing(events):  # closed inside the span: an interrupted answer's last writes belong to it
-                try:
-                    async for event in events:
-                        watch.see(event)
-                        yield event
-                except CitechatError:  # the question was refused after all: there was no answer to observe
-                    span.set_attribute("citechat.outcome", "refused")
-                    raise
-                except BaseException:
-                    watch.interrupted()
-                    raise
+        span = watch.chat
+        try:
+            with trace.use_span(span):  # ended below, with the stage's duration and target
+                async with aclosing(events):  # closed inside the span: an interrupted answer's last writes too
+                    try:
+                        async for event in events:
+                            watch.see(event)
+                            yield event
+                    except CitechatError:  # the question was refused after all: there was no answer to observe
+                        span.set_attribute("citechat.outcome", "refused")
+                        raise
+                    except BaseException:
+                        watch.interrupted()
+                        raise
+        finally:
+            elapsed_ms = watch.elapsed_ms()
+            span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
+            span.set_attribute(BREACHED, elapsed_ms > self.targets.end_to_end_ms)
+            span.end()
 
 
-class _AnswerWatch:
+class AnswerWatch:
     """What ``observe_answer`` learns from one answer's events."""
 
     def __init__(self, telemetry: Telemetry, turn: "Turn") -> None:
@@ -161,6 +174,10 @@ class _AnswerWatch:
             "gen_ai.request.model": turn.model,
             "citechat.mode": turn.mode.value,
         }
+
+    def current(self):
+        """The answer's span made current (for work started inside it, in other tasks: they copy the context)."""
+        return trace.use_span(self.chat)
 
     def see(self, event: "Event") -> None:
         if event.name == "sources":
@@ -212,7 +229,7 @@ class _AnswerWatch:
             self.generate.end(end_time=self.last_token_ns)
         self.chat.set_attributes(usage | {"citechat.outcome": "completed"})
         self.telemetry.content(self.chat, {"citechat.answer": message.get("content")})
-        seconds = (message.get("processing_time_ms") or self._elapsed_ms()) / 1000
+        seconds = (message.get("processing_time_ms") or self.elapsed_ms()) / 1000
         self.telemetry.metrics.answered(
             self.metric_attributes,
             seconds=seconds,
@@ -238,10 +255,10 @@ class _AnswerWatch:
             }
         )
         self.telemetry.metrics.failed(
-            self.metric_attributes, seconds=self._elapsed_ms() / 1000, stage=stage, outcome=outcome
+            self.metric_attributes, seconds=self.elapsed_ms() / 1000, stage=stage, outcome=outcome
         )
 
-    def _elapsed_ms(self) -> float:
+    def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
 
