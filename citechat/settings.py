@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=20,
         ge=1,
-        description="Database connections kept open per process: half for answering (its statements), half for "
-        "the rest, which may overflow by as many again (closed when returned, so a pool smaller than the busiest "
-        "moment reconnects under load).",
+        description="Database connections kept open per process: three quarters for answering's statements, the "
+        "rest for everything else, which may overflow by as many as this again (closed when returned, so a pool "
+        "smaller than the busiest moment reconnects under load).",
     )
     prompts_dir: Path = Field(
         default=Path(__file__).resolve().parents[1] / "prompts",

@@ -322,3 +322,22 @@ async def test_a_shutdown_while_the_question_is_stored_leaves_no_answer_pending(
     stored = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
     assert [(m["role"], m["status"]) for m in stored] == [("user", "completed"), ("assistant", "failed")]
     assert stored[1]["error_message"] == workers.INTERRUPTED  # which says to retry it
+
+
+async def test_a_question_slow_to_store_is_answered_not_taken_for_stopped(app, client, asker, monkeypatch):
+    """Under load the question can take longer to store than the flusher waits before its first save (it checks
+    that the answer is still in flight, which is how a stop asked on another worker reaches this one). It waits
+    for the question to be stored: before, the answer is not there, and must not be taken for stopped."""
+    from citechat.chat import answering, streams
+
+    headers, session = asker
+    store = answering.Answering._store
+
+    async def slow_store(self, *args) -> None:
+        await asyncio.sleep(3 * streams.FLUSH_S)
+        await store(self, *args)
+
+    monkeypatch.setattr(answering.Answering, "_store", slow_store)
+    events = await stream_question(client, headers, session)
+    assert events[-1][1] == "done" and events[-1][2]["status"] == "completed"
+    assert events[-1][2]["content"]

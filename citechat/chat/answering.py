@@ -109,6 +109,11 @@ class Turn:
     stop_requested: bool = False  # the user asked to stop: end "stopped", keeping the text
     finishing: bool = False  # the final write has begun: too late to stop
 
+    async def was_stored(self) -> bool:
+        """Whether the question was stored (waiting for it to be, if it is still being stored)."""
+        await asyncio.wait([self.stored])
+        return not self.stored.cancelled() and self.stored.exception() is None
+
 
 @dataclass(frozen=True)
 class Answering:
@@ -337,7 +342,7 @@ class Answering:
             await asyncio.shield(_persisting(lambda: self._interrupt(turn, stage)))
             raise
         except Exception as exc:
-            if not await _was_stored(turn):  # refused after all: nothing was stored, the refusal is the answer
+            if not await turn.was_stored():  # refused after all: nothing was stored, the refusal is the answer
                 await _cancel_preparation(generating)
                 raise
             detail, retryable, expected = _failure(exc)
@@ -444,7 +449,7 @@ class Answering:
         await self._end(turn, "failed", error_message=detail, error_details=details)
 
     async def _interrupt(self, turn: Turn, stage: str) -> None:
-        if not await _was_stored(turn):
+        if not await turn.was_stored():
             return
         if turn.stop_requested:
             await self._end(turn, "stopped")
@@ -714,12 +719,6 @@ async def _cancel(task: asyncio.Future) -> None:
     await asyncio.wait([task])
     if not task.cancelled():
         task.exception()  # read: a failure nobody waits for any more is not logged as lost
-
-
-async def _was_stored(turn: Turn) -> bool:
-    """Whether the turn's question was stored (waiting for it to be, if it is still being stored)."""
-    await asyncio.wait([turn.stored])
-    return not turn.stored.cancelled() and turn.stored.exception() is None
 
 
 @dataclass(frozen=True)

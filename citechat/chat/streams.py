@@ -184,7 +184,10 @@ class AnswerStreams:
             stream.finish()
 
     async def _flush(self, turn: Turn, producer: asyncio.Task) -> None:
-        """Saves the text so far every ``FLUSH_S``, and notices a stop asked on another worker."""
+        """Saves the text so far every ``FLUSH_S``, and notices a stop asked on another worker; from when the
+        question is stored (before, its answer is not there to save, nor to be found stopped)."""
+        if not await turn.was_stored():
+            return
         saved = ""
         while not turn.finishing:
             await asyncio.sleep(FLUSH_S)

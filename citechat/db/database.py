@@ -36,9 +36,10 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     # Last in, first out: the connection returned last is used next, so the pool keeps reusing the connections it
     # needs and the idle ones stay idle (first in, first out would hand out the longest-idle one every time, and
     # ``_ping_when_idle`` would ping it first: at one answer at a time, every write after the answer's last token).
-    # The connections are shared out: half to the answer path's asyncpg pool, half kept by the engine, which may
-    # overflow by as many as the setting says (retrieval, the API, ingestion).
-    answering = max(1, settings.db_pool_size // 2)
+    # The connections are shared out: three quarters to the answer path's asyncpg pool (a statement per step of
+    # every answer), the rest kept by the engine, which may overflow by as many as the setting says (retrieval,
+    # the API, ingestion, the worker lease).
+    answering = max(1, settings.db_pool_size * 3 // 4)
     kept = max(1, settings.db_pool_size - answering)
     engine = create_async_engine(url, pool_size=kept, max_overflow=settings.db_pool_size, pool_use_lifo=True)
     _ping_when_idle(engine)
