@@ -57,6 +57,29 @@ async def test_organization_quota_spent_does_not_spend_the_users(app):
     assert user.remaining == 5  # bob's own quota is untouched
 
 
+async def test_hits_leave_the_window_and_its_kept_count(app):
+    """A hit older than its window no longer counts: read as it is, and once the next hit deletes it (the function
+    keeps each key's count beside its hits, so it reads one row however many hits a window holds)."""
+    quotas = {"per_user_per_hour": 4, "per_org_per_day": 100}
+    limits = RateLimits(PostgresQuotaStore(Runner(app.state.database.pool), **quotas))
+    who = principal()
+    assert await consume_all(limits, who, 4) == (4, 0)
+    async with app.state.database.pool.acquire() as db:  # two of the user's hits are now two hours old
+        await db.execute(
+            "UPDATE chat_rate_limits SET hit_at = hit_at - interval '2 hours' WHERE id IN"
+            " (SELECT id FROM chat_rate_limits WHERE key = $1 ORDER BY hit_at LIMIT 2)",
+            f"user/{who.user_id}",
+        )
+    user, organization = await limits.status(who)  # read: the aged hits are out of the hour, still stored
+    assert (user.remaining, organization.remaining) == (2, 96)
+    assert (await limits.consume(who)).remaining == 1  # counted: they are deleted, and taken off the count
+    async with app.state.database.pool.acquire() as db:
+        kept = await db.fetchval("SELECT hits FROM chat_rate_limit_counts WHERE key = $1", f"user/{who.user_id}")
+        stored = await db.fetchval("SELECT count(*) FROM chat_rate_limits WHERE key = $1", f"user/{who.user_id}")
+    assert kept == stored == 3
+    assert await consume_all(limits, who, 3) == (1, 2)
+
+
 @pytest.fixture
 async def limited(settings, identity):
     """The API with a quota of 3 messages per user per hour and 5 per organization per day."""

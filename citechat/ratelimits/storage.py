@@ -3,8 +3,10 @@ Redis), or any storage of the ``limits`` library (``CITECHAT_RATELIMIT_STORAGE``
 for offline evaluation runs).
 
 Both count a moving window exactly under concurrency, across processes. On PostgreSQL a row per accepted hit is
-kept, and one database function (``citechat_consume_quota``, migration 0005) locks both keys, drops their expired
-hits, counts both windows and inserts both hits when both have room: a question's quota costs one round trip, on
+kept, with each key's count beside it (``chat_rate_limit_counts``), and one database function
+(``citechat_consume_quota``, migrations 0005 and 0006) locks both keys, drops their expired hits (and takes them off
+the counts), reads both windows and inserts both hits when both have room, in the same time however many hits a
+window holds: a question's quota costs one round trip, on
 the answer path's connections (``Database.pool``), or none of its own when it is called inside the statement that
 admits the question (``consumed_when``). Like the rest of the answer path, these statements run on asyncpg
 directly (``db.statements``). Through ``limits`` it is the library's moving-window strategy, a round trip per step.
@@ -22,14 +24,26 @@ from sqlalchemy import Float, Integer, String, bindparam, func, select, text
 from citechat.db.statements import UNAVAILABLE, Runner, Statement
 
 HOUR_S, DAY_S = 3600, 86400
+
+
+# Both windows read without changing them: each key's kept count less its hits that left the window and are not
+# deleted yet (they are at the key's next hit), and its oldest hit still in the window.
 _WINDOWS = Statement(
     text(
         "SELECT u.hits, u.oldest, o.hits, o.oldest, extract(epoch FROM clock.now)::float8"
         " FROM (SELECT clock_timestamp() AS now) AS clock,"
-        " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
-        "  WHERE key = :user_key AND hit_at > clock.now - make_interval(secs => :user_window)) AS u,"
-        " LATERAL (SELECT count(*) AS hits, extract(epoch FROM min(hit_at))::float8 AS oldest FROM chat_rate_limits"
-        "  WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)) AS o"
+        " LATERAL (SELECT coalesce((SELECT hits FROM chat_rate_limit_counts WHERE key = :user_key), 0)"
+        "  - (SELECT count(*) FROM chat_rate_limits"
+        "     WHERE key = :user_key AND hit_at <= clock.now - make_interval(secs => :user_window)) AS hits,"
+        "  extract(epoch FROM (SELECT hit_at FROM chat_rate_limits"
+        "     WHERE key = :user_key AND hit_at > clock.now - make_interval(secs => :user_window)"
+        "     ORDER BY hit_at LIMIT 1))::float8 AS oldest) AS u,"
+        " LATERAL (SELECT coalesce((SELECT hits FROM chat_rate_limit_counts WHERE key = :org_key), 0)"
+        "  - (SELECT count(*) FROM chat_rate_limits"
+        "     WHERE key = :org_key AND hit_at <= clock.now - make_interval(secs => :org_window)) AS hits,"
+        "  extract(epoch FROM (SELECT hit_at FROM chat_rate_limits"
+        "     WHERE key = :org_key AND hit_at > clock.now - make_interval(secs => :org_window)"
+        "     ORDER BY hit_at LIMIT 1))::float8 AS oldest) AS o"
     )
 )
 
