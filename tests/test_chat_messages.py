@@ -341,3 +341,23 @@ async def test_a_question_slow_to_store_is_answered_not_taken_for_stopped(app, c
     events = await stream_question(client, headers, session)
     assert events[-1][1] == "done" and events[-1][2]["status"] == "completed"
     assert events[-1][2]["content"]
+
+
+async def test_no_connection_free_in_time_is_a_503_and_nothing_is_lost(app, client, asker, monkeypatch):
+    """Answering's statements wait for a connection of their pool as long as the engine's pool would (30 s), then
+    the question is refused as busy (503), not left waiting; once connections are free it is answered."""
+    headers, session = asker
+    pool = app.state.database.pool
+    monkeypatch.setattr(app.state.answering.statements, "wait_s", 0.2)
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        refused = await client.post(
+            f"{API}/message", params={"session_id": session["id"]}, json={"question": "Who?"}, headers=headers
+        )
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    assert refused.status_code == 503 and refused.json() == {"detail": "the service is busy; try again shortly"}
+    assert (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json() == []
+    events = await stream_question(client, headers, session)
+    assert events[-1][1] == "done" and events[-1][2]["status"] == "completed"

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from citechat.db.statements import PoolBusy
 from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
 from citechat.ratelimits.service import RateLimited
 
@@ -68,7 +69,7 @@ async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
     return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
 
 
-async def _busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+async def _busy(request: Request, exc: PoolTimeout | PoolBusy) -> JSONResponse:
     log.warning("no database connection free in time during %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "the service is busy; try again shortly"}, status_code=503)
 
@@ -85,4 +86,5 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(away, _database_away)
     app.add_exception_handler(OSError, _connection_error)
     app.add_exception_handler(PoolTimeout, _busy)
+    app.add_exception_handler(PoolBusy, _busy)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -15,8 +15,8 @@ the parameters' type processors (JSON is serialized by SQLAlchemy's own processo
 """
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -75,29 +75,44 @@ class Statement:
         await connection.execute(self.sql, *self.arguments(params))
 
 
+class PoolBusy(Exception):
+    """No connection of the pool came free in time (``Runner.wait_s``): the service is busier than its pool."""
+
+
 class Runner:
     """Sends statements on the pool, each on a connection of its own for as long as it runs, in a database span when
     ``tracer`` records one (as OpenTelemetry's SQLAlchemy instrumentation gives the engine's statements: the text
-    with its placeholders, never the values)."""
+    with its placeholders, never the values). A statement waits at most ``wait_s`` for a connection, as the
+    engine's pool does (``PoolBusy``, a 503, rather than a request left waiting)."""
 
-    def __init__(self, pool: asyncpg.Pool, tracer: Tracer | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, tracer: Tracer | None = None, *, wait_s: float = 30.0) -> None:
         self.pool = pool
+        self.wait_s = wait_s
         self._tracer = None if tracer is None or isinstance(tracer, NoOpTracer) else tracer
 
     async def fetchrow(self, statement: Statement, params: Mapping[str, Any]) -> asyncpg.Record | None:
-        with self._span(statement):
-            async with self.pool.acquire() as connection:
-                return await statement.fetchrow(connection, params)
+        async with self._connection(statement) as connection:
+            return await statement.fetchrow(connection, params)
 
     async def fetchval(self, statement: Statement, params: Mapping[str, Any]) -> Any:
-        with self._span(statement):
-            async with self.pool.acquire() as connection:
-                return await statement.fetchval(connection, params)
+        async with self._connection(statement) as connection:
+            return await statement.fetchval(connection, params)
 
     async def execute(self, statement: Statement, params: Mapping[str, Any]) -> None:
+        async with self._connection(statement) as connection:
+            await statement.execute(connection, params)
+
+    @asynccontextmanager
+    async def _connection(self, statement: Statement) -> AsyncIterator[asyncpg.Connection]:
         with self._span(statement):
-            async with self.pool.acquire() as connection:
-                await statement.execute(connection, params)
+            try:
+                connection = await self.pool.acquire(timeout=self.wait_s)
+            except TimeoutError:
+                raise PoolBusy(f"no database connection came free in {self.wait_s:g} s") from None
+            try:
+                yield connection
+            finally:
+                await self.pool.release(connection)
 
     @contextmanager
     def _span(self, statement: Statement) -> Iterator[None]:
