@@ -53,13 +53,13 @@ async def _citechat_error(request: Request, exc: CitechatError) -> JSONResponse:
 
 async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
     if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
-        log.warning("database unavailable during %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+        return await _database_away(request, exc)
     return await _unexpected_error(request, exc)
 
 
 async def _database_away(request: Request, exc: Exception) -> JSONResponse:
-    """The answer path's driver (asyncpg, ``db.statements``) losing its connection, or the server shutting down."""
+    """The connection lost or the server shutting down: through SQLAlchemy (``_database_error``), or on the answer
+    path's asyncpg pool (``db.statements``)."""
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
 

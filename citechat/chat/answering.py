@@ -438,7 +438,7 @@ class Answering:
             "metadata": metadata,
             "at": utcnow(),
         }
-        verdicts = {"rows": [{"id": str(s.id), "cited": s.cited, "support": s.support} for s in turn.sources]}
+        verdicts = _rows(models.ChatSource.__table__, turn.sources, _VERDICT_COLUMNS)
         message = await self.statements.fetchrow(_COMPLETE, params | verdicts)
         if message is None:
             raise NotFound("the answer was deleted while it was being written")
@@ -564,7 +564,7 @@ def _complete_statement():
     """The answer (``answer_id``) completed: its text, token counts, time taken and metadata, at ``at``; and each
     of its sources' verdicts (``rows``: ``cited``, ``support``). Returns the answer's row."""
     answer, table = models.ChatMessage, models.ChatSource.__table__
-    checked = _recordset(table, ("id", "cited", "support")).subquery("checked")
+    checked = _recordset(table, _VERDICT_COLUMNS).subquery("checked")
     verdicts = (
         update(table)
         .where(table.c.id == checked.c.id)
@@ -618,9 +618,10 @@ def _recordset(table, names=None):
     return select(*[found.c[name] for name in names])  # by name: the table's own column order may differ
 
 
-def _rows(table, objects: list) -> dict:
-    """The ``rows`` parameter of ``_recordset``: each object's columns, as JSON."""
-    return {"rows": [{c.key: _json(getattr(o, c.key)) for c in table.c} for o in objects]}
+def _rows(table, objects: list, names=None) -> dict:
+    """The ``rows`` parameter of ``_recordset``: each object's columns (``names`` of them, default all), as JSON."""
+    names = names or [column.key for column in table.columns]
+    return {"rows": [{name: _json(getattr(o, name)) for name in names} for o in objects]}
 
 
 def _json(value):
@@ -756,6 +757,7 @@ _OWNED = (
 _BUSY = _in_flight()
 _SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
 _HISTORY_BEFORE = _history_before_statement()
+_VERDICT_COLUMNS = ("id", "cited", "support")  # what the final write changes of the sources
 # On asyncpg (``db.statements``):
 _SESSION_ROW = Statement(_session_query(*models.ChatSession.__table__.columns))
 _ADMIT = Statement(_admit_statement(counting=False))

@@ -21,7 +21,7 @@ class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     # The same pool in autocommit, for Core statements that do their work alone: no BEGIN and COMMIT round trips
-    # around each, and no ORM session to set up (answering and rate limits send a dozen per question).
+    # around each, and no ORM session to set up (answering's rare paths: an orphaned answer, a stop elsewhere).
     autocommit: AsyncEngine
     # The answer path's connections: its statements go to asyncpg directly (``db.statements`` says why).
     pool: asyncpg.Pool

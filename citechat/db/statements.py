@@ -38,7 +38,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 class Statement:
-    """One statement, compiled once; ``fetchrow``/``fetchval``/``execute`` send it with named parameters."""
+    """One statement, compiled once: its text (``sql``) and, for named parameters, its arguments in order
+    (``arguments``); ``Runner`` sends it."""
 
     def __init__(self, construct: ClauseElement) -> None:
         compiled = construct.compile(dialect=_DIALECT)
@@ -58,21 +59,11 @@ class Statement:
         self.operation = self.sql.split(None, 1)[0].upper()
 
     def arguments(self, params: Mapping[str, Any]) -> list:
-        values = self._constants | dict(params)
-        missing = [name for name in self._names if name not in values]
-        if missing:
-            raise KeyError(f"missing parameters {missing} for: {self.sql[:80]}")
-        processors = self._processors
-        return [processors[name](values[name]) if name in processors else values[name] for name in self._names]
-
-    async def fetchrow(self, connection: asyncpg.Connection, params: Mapping[str, Any]) -> asyncpg.Record | None:
-        return await connection.fetchrow(self.sql, *self.arguments(params))
-
-    async def fetchval(self, connection: asyncpg.Connection, params: Mapping[str, Any]) -> Any:
-        return await connection.fetchval(self.sql, *self.arguments(params))
-
-    async def execute(self, connection: asyncpg.Connection, params: Mapping[str, Any]) -> None:
-        await connection.execute(self.sql, *self.arguments(params))
+        values, processors = self._constants | dict(params), self._processors
+        try:
+            return [processors[name](values[name]) if name in processors else values[name] for name in self._names]
+        except KeyError as missing:
+            raise KeyError(f"missing parameter {missing} for: {self.sql[:80]}") from None
 
 
 class PoolBusy(Exception):
@@ -92,15 +83,15 @@ class Runner:
 
     async def fetchrow(self, statement: Statement, params: Mapping[str, Any]) -> asyncpg.Record | None:
         async with self._connection(statement) as connection:
-            return await statement.fetchrow(connection, params)
+            return await connection.fetchrow(statement.sql, *statement.arguments(params))
 
     async def fetchval(self, statement: Statement, params: Mapping[str, Any]) -> Any:
         async with self._connection(statement) as connection:
-            return await statement.fetchval(connection, params)
+            return await connection.fetchval(statement.sql, *statement.arguments(params))
 
     async def execute(self, statement: Statement, params: Mapping[str, Any]) -> None:
         async with self._connection(statement) as connection:
-            await statement.execute(connection, params)
+            await connection.execute(statement.sql, *statement.arguments(params))
 
     @asynccontextmanager
     async def _connection(self, statement: Statement) -> AsyncIterator[asyncpg.Connection]:

@@ -6,10 +6,9 @@ Both count a moving window exactly under concurrency, across processes. On Postg
 kept, with each key's count beside it (``chat_rate_limit_counts``), and one database function
 (``citechat_consume_quota``, migrations 0005 and 0006) locks both keys, drops their expired hits (and takes them off
 the counts), reads both windows and inserts both hits when both have room, in the same time however many hits a
-window holds: a question's quota costs one round trip, on
-the answer path's connections (``Database.pool``), or none of its own when it is called inside the statement that
-admits the question (``consumed_when``). Like the rest of the answer path, these statements run on asyncpg
-directly (``db.statements``). Through ``limits`` it is the library's moving-window strategy, a round trip per step.
+window holds: a question's quota costs one round trip, on the answer path's connections (``Database.pool``,
+``db.statements``), or none of its own when it is called inside the statement that admits the question
+(``consumed_when``). Through ``limits`` it is the library's moving-window strategy, a round trip per step.
 """
 
 import asyncio
