@@ -3,6 +3,7 @@
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -361,3 +362,33 @@ async def test_no_connection_free_in_time_is_a_503_and_nothing_is_lost(app, clie
     assert (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json() == []
     events = await stream_question(client, headers, session)
     assert events[-1][1] == "done" and events[-1][2]["status"] == "completed"
+
+
+async def test_progress_and_quota_hits_do_not_wait_for_the_disk_but_the_answer_does(app, client, asker):
+    """An answer's progress and a question's quota hits commit asynchronously: losing them in a crash of the
+    database costs nothing (the final write repeats the one, the question's own commit flushes the other). The
+    final write waits for the disk, as ``done`` says the answer is kept. The setting lasts the statement's
+    transaction only: the pool does not reset its connections."""
+    from citechat.chat import answering, streams
+    from citechat.ratelimits import storage
+
+    headers, session = asker
+    answer = (await stream_question(client, headers, session))[-1][2]
+    answer_id = uuid.UUID(answer["id"])
+    final = {"answer_id": answer_id, "text": answer["content"], "prompt": 0, "completion": 1, "total": 1}
+    final |= {"took_ms": 1, "metadata": {}, "at": datetime.now(UTC), "rows": []}
+    quota = storage.PostgresQuotaStore(None, per_user_per_hour=10, per_org_per_day=10).parameters("user/u", "org/o")
+    cases = [
+        (streams._SAVE_TEXT, {"answer_id": answer_id, "text": "so far"}, "off"),
+        (storage._CONSUME_ALONE, quota, "off"),
+        (answering._COMPLETE, final, "on"),
+    ]
+    async with app.state.database.pool.acquire() as db:
+        for statement, params, expected in cases:
+            transaction = db.transaction()
+            await transaction.start()  # the statement's own transaction, held open to look inside; rolled back
+            await db.execute("UPDATE chat_messages SET status = 'streaming' WHERE id = $1", answer_id)
+            assert await db.fetchrow(statement.sql, *statement.arguments(params)) is not None
+            assert (await db.fetchval("SHOW synchronous_commit"), statement.sql[:40]) == (expected, statement.sql[:40])
+            await transaction.rollback()
+            assert await db.fetchval("SHOW synchronous_commit") == "on"

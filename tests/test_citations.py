@@ -227,3 +227,32 @@ def test_passages_found_ahead_give_the_same_report_and_leave_only_the_answer_to_
         assert verify(answer, passages) == verify(answer, SOURCES)
     sources_read = [text for text in read if text in SOURCES]
     assert len(sources_read) == 2 * len(SOURCES)  # by the plain-text calls only, once each
+
+
+STREAMED = [
+    "Revenue rose to 7.4 million in 2023 [1]. Headcount grew to 1,200 [3]. The cafeteria serves lunch [2].",
+    "- Revenue rose [1]\n- Costs fell [9]\n\nDr. Smith said e.g. that revenue was 7.4 [1]. Lunch is vegetarian [2]!",
+    "```\nx[0] = 1. y = 2.\n```\nRevenue rose [1]. Is it so? It is [1, 3].\n\n1. Headcount [3]\n2. Revenue [4]",
+    "No citations at all. Just text. And more text...",
+]
+
+
+@pytest.mark.parametrize("answer", STREAMED)
+@pytest.mark.parametrize("piece", [1, 3, 7, 40])
+def test_claims_noted_while_streaming_change_nothing_and_leave_the_last_sentence(answer, piece, monkeypatch):
+    """Noting the sentences' claims as the answer streams gives the report ``verify`` gives alone, and after the
+    last token only the sentences still open are read."""
+    claims = citations.Claims()
+    text = ""
+    for start in range(0, len(answer), piece):
+        text += answer[start : start + piece]
+        if any(end in text[-piece:] for end in ".!?\n"):
+            claims.note(text)
+    read = []
+    claimed = citations._claims
+    monkeypatch.setattr(citations, "_claims", lambda sentence: read.append(sentence) or claimed(sentence))
+    assert verify(answer, SOURCES, claims) == verify(answer, SOURCES)
+    citing = [s.text for s in verify(answer, SOURCES).sentences if s.sources]
+    read.clear()
+    verify(answer, SOURCES, claims)
+    assert read in ([], citing[-1:])  # at most the last citing sentence

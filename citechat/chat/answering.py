@@ -75,6 +75,7 @@ IN_FLIGHT = ("pending", "streaming")
 BUSY = "an answer is still being written in this session; wait for it or stop it"
 FINAL_WRITE_DELAYS_S = (0.5, 1, 2, 4, 8)  # ~15 s: a database restart, not an outage
 _END = object()  # the answer's last token was read
+_SENTENCE_ENDS = frozenset(".!?\n")  # a token holding one may end a sentence: its claims are noted
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,7 @@ class Answering:
                     # Their terms are found now, while the model thinks, so that checking the citations after
                     # the last token reads only the answer.
                     passages = citations.Passages([source.chunk_text for source in turn.sources])
+                    claims = citations.Claims()  # and the answer's sentences' as they end
                     stage, first_token = "generation", None
                     delta = await first
                 finally:
@@ -325,12 +327,14 @@ class Answering:
                     first_token = first_token or time.perf_counter()
                     turn.text += delta
                     yield Event("token", {"delta": delta})
+                    if not _SENTENCE_ENDS.isdisjoint(delta):
+                        claims.note(turn.text)
                     delta = await anext(tokens, _END)
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
             timings["generation_ms"] = _ms(prepared.clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
             stage = "citations"
             turn.finishing = True
-            report = citations.verify(turn.text, passages)
+            report = citations.verify(turn.text, passages, claims)
             usage = getattr(llm, "usage", None) or {}
             message = await _persisting(
                 lambda: self._complete(turn, report, timings, prompts.version, generation.refused, usage)
@@ -567,7 +571,9 @@ def _complete_statement():
     checked = _recordset(table, _VERDICT_COLUMNS).subquery("checked")
     verdicts = (
         update(table)
-        .where(table.c.id == checked.c.id)
+        # By the answer's own sources first (their index): joined on id alone, the planner, expecting 100 rows from
+        # the recordset, hashes it and scans every organization's sources.
+        .where(table.c.message_id == bindparam("answer_id"), table.c.id == checked.c.id)
         .values(cited=checked.c.cited, support=checked.c.support)
         .returning(table.c.id)
     )

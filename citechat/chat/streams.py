@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 
 from citechat.chat import models, workers
 from citechat.chat.answering import IN_FLIGHT, Answering, Event, Turn, message_json, source_json
-from citechat.db.statements import Statement
+from citechat.db.statements import Statement, committed_asynchronously
 from citechat.errors import CitechatError, Conflict
 
 log = logging.getLogger(__name__)
@@ -276,10 +276,12 @@ _IN_FLIGHT_ANSWER = (
     models.ChatMessage.id == bindparam("answer_id"),
     models.ChatMessage.status.in_(IN_FLIGHT),
 )
-_SAVE_TEXT = Statement(
-    update(models.ChatMessage)
-    .where(*_IN_FLIGHT_ANSWER)
-    .values(content=bindparam("text", type_=String), updated_at=func.now())
-    .returning(models.ChatMessage.id)
+_SAVE_TEXT = Statement(  # progress: the final write repeats it
+    committed_asynchronously(
+        update(models.ChatMessage)
+        .where(*_IN_FLIGHT_ANSWER)
+        .values(content=bindparam("text", type_=String), updated_at=func.now())
+        .returning(models.ChatMessage.id)
+    )
 )
 _WRITING = Statement(select(models.ChatMessage.id).where(*_IN_FLIGHT_ANSWER))

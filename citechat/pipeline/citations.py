@@ -8,6 +8,8 @@ An answer cites its sources, numbered 1..N as in the prompt, with markers such a
   cites. Unsupported citations are flagged in the report, never hidden from the answer.
   ``sources`` may be ``Passages``: the sources with their terms found ahead, so that the check after the answer's
   last token reads only the answer (citechat finds them while the model thinks of its first token).
+  ``claims`` may be a ``Claims`` noted while the answer streamed: the check after the last token then finds the
+  terms of its last sentences only.
 - ``support(sentence, passage) -> float`` is that score: how much of what the sentence says the passage contains.
 - ``split_sentences(text) -> list[str]`` splits an answer (Markdown) into the sentences that are scored.
 - ``markers(text) -> list[int]`` lists every cited number in order of appearance, repeats included.
@@ -101,7 +103,30 @@ class Passages:
         self.terms = tuple(_content(text) for text in texts)
 
 
-def verify(answer: str, sources: Sequence[str] | Passages) -> CitationReport:
+class Claims:
+    """What an answer's sentences claim (their content terms), noted while it streams (``note``), so that
+    ``verify`` after the last token finds the terms of the sentences noted since only. A pure cache: a sentence
+    not noted, or noted in another form (an invalid marker ``verify`` removes), is read when it is verified."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, tuple[set[str], set[str]]] = {}
+        self._upto = 0  # where the sentence that may still go on starts
+
+    def note(self, text: str) -> None:
+        """Notes the complete sentences of ``text`` (the answer so far) that were not noted yet."""
+        spans = _sentence_spans(text[self._upto :])
+        for start, end in spans[:-1]:  # the last one may go on
+            sentence = text[self._upto + start : self._upto + end]
+            self._found[sentence] = _claims(sentence)
+        if len(spans) > 1:
+            self._upto += spans[-1][0]
+
+    def of(self, sentence: str) -> tuple[set[str], set[str]]:
+        found = self._found.get(sentence)
+        return _claims(sentence) if found is None else found
+
+
+def verify(answer: str, sources: Sequence[str] | Passages, claims: Claims | None = None) -> CitationReport:
     """Checks every marker of ``answer``; ``sources[i]`` is the text of source number ``i + 1``.
 
     A sentence is scored against the union of the texts it cites, because one sentence may join facts from
@@ -119,7 +144,7 @@ def verify(answer: str, sources: Sequence[str] | Passages) -> CitationReport:
         if not cited:
             sentences.append(SentenceCheck(sentence, (), None, None))
             continue
-        claimed = _claims(sentence)
+        claimed = _claims(sentence) if claims is None else claims.of(sentence)
         together = (set().union(*(terms[n - 1][0] for n in cited)), set().union(*(terms[n - 1][1] for n in cited)))
         score = _support(claimed, together)
         sentences.append(SentenceCheck(sentence, cited, score, score >= SUPPORT_THRESHOLD))

@@ -20,7 +20,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from sqlalchemy import Float, Integer, String, bindparam, func, select, text
 
-from citechat.db.statements import UNAVAILABLE, Runner, Statement
+from citechat.db.statements import UNAVAILABLE, Runner, Statement, committed_asynchronously
 
 HOUR_S, DAY_S = 3600, 86400
 
@@ -56,7 +56,7 @@ _CONSUMED = func.citechat_consume_quota(
     bindparam("org_limit", type_=Integer),
     bindparam("org_window", type_=Float),
 ).table_valued("refused", "user_hits", "user_oldest", "org_hits", "org_oldest")
-_CONSUME = select(*_CONSUMED.c)
+_CONSUME = committed_asynchronously(select(*_CONSUMED.c))  # the question's own commit flushes its hits
 _CONSUME_ALONE = Statement(_CONSUME)
 
 
