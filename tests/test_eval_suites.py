@@ -1,4 +1,4 @@
-"""Suites and datasets: what is accepted, what is refused and how it is said, and the three loaders."""
+"""Suites and datasets: what is accepted, what is refused and how it is said, and the four loaders."""
 
 import importlib.util
 import json
@@ -22,7 +22,7 @@ def _suite(tmp_path: Path, text: str) -> Path:
 
 def test_every_committed_suite_is_valid(repo_root: Path):
     suites = sorted((repo_root / "evals" / "suites").glob("*.yaml"))
-    assert {p.stem for p in suites} >= {"smoke", "scifact-retrieval", "sec10q"}
+    assert {p.stem for p in suites} >= {"smoke", "scifact-retrieval", "sec10q", "financebench"}
     for path in suites:
         suite = load_suite(path)
         assert suite.base == repo_root  # relative paths are relative to the repository
@@ -34,7 +34,10 @@ def test_every_committed_suite_is_valid(repo_root: Path):
     [
         ("name: x\ndataset: [unclosed", "not valid YAML"),
         ("- a list", "a suite is a YAML mapping"),
-        ("name: x\ndataset: {format: csv, path: d}", "dataset.format: Input should be 'jsonl', 'beir' or 'sec10q'"),
+        (
+            "name: x\ndataset: {format: csv, path: d}",
+            "dataset.format: Input should be 'jsonl', 'beir', 'sec10q' or 'financebench'",
+        ),
         ("name: x\ndataset: {format: jsonl, path: d}\nllm: {provider: openai, api_key: k}", "llm.api_key: Extra"),
         ("name: x\ndataset: {format: jsonl, path: d}\nmodes: [strict, wild]", "modes.1: Input should be"),
         ("name: x\ndataset: {format: jsonl, path: d}\nthresholds: [{metric: hit5, min: 1}]", "unknown metric 'hit5'"),
@@ -136,6 +139,38 @@ def test_sec10q_questions_map_to_their_filings(tmp_path: Path):
     (tmp_path / "data" / "qna_data.csv").write_text("Question,Source Docs,Answer\nX?,*MSFT*,Y\n")
     with pytest.raises(datasets.DatasetError, match="row 1: Source Docs '\\*MSFT\\*' matches no PDF"):
         datasets.load(DatasetSpec(format="sec10q", path=tmp_path), tmp_path)
+
+
+def test_financebench_questions_carry_their_pages(tmp_path: Path):
+    (tmp_path / "pdfs").mkdir()
+    for name in ("ADOBE_2022_10K.pdf", "AMCOR_2023Q2_10Q.pdf"):
+        (tmp_path / "pdfs" / name).write_bytes(b"%PDF-1.4")
+    rows = [
+        {"id": "fb_1", "doc": "AMCOR_2023Q2_10Q.pdf", "question": "Debt?", "answer": "$6.3B", "pages": [12, 3, 12]},
+        {
+            "id": "fb_2",
+            "doc": "ADOBE_2022_10K.pdf",
+            "question": "FCF?",
+            "answer": "$7.4B",
+            "pages": [54],
+            "evidence": ["..."],
+        },
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(row) for row in rows))
+    data = datasets.load(DatasetSpec(format="financebench", path=tmp_path), tmp_path)
+    assert [d.key for d in data.documents] == ["ADOBE_2022_10K.pdf", "AMCOR_2023Q2_10Q.pdf"]
+    debt, cash = data.questions
+    assert debt.evidence == (datasets.Evidence("AMCOR_2023Q2_10Q.pdf", (3, 12)),)  # by page, sorted, once each
+    assert (cash.id, cash.answer, cash.evidence[0].pages) == ("fb_2", "$7.4B", (54,))
+    for row, message in [
+        (rows[0] | {"doc": "MISSING.pdf"}, "fb_1: doc MISSING.pdf is not in pdfs/"),
+        (rows[0] | {"pages": []}, "questions.jsonl line 1: pages: List should have at least 1 item"),
+        (rows[0] | {"pages": [0]}, "1-based"),
+    ]:
+        questions.write_text(json.dumps(row))
+        with pytest.raises(datasets.DatasetError, match=message):
+            datasets.load(DatasetSpec(format="financebench", path=tmp_path), tmp_path)
 
 
 def test_beir_folders(tmp_path: Path):

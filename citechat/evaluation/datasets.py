@@ -11,6 +11,9 @@ Three formats are read where they lie (datasets are never copied into the reposi
   no gold answers.
 - ``sec10q``: the Docugami SEC 10-Q set: ``docs/*.pdf`` and a CSV with ``Question``, ``Source Docs`` (a file-name
   glob), ``Question Type``, ``Source Chunk Type``, ``Answer``. Evidence is per document, not per page.
+- ``financebench``: FinanceBench (Patronus AI) as a folder with ``pdfs/`` and ``questions.jsonl``: ``id``, ``doc``
+  (a file in ``pdfs/``), ``question``, ``answer``, ``pages`` (1-based physical pages holding the evidence),
+  optional ``evidence`` (the passages' text, not used: the pages are the gold). Evidence is per page.
 """
 
 import csv
@@ -74,7 +77,7 @@ def load(spec: DatasetSpec, path: Path) -> Dataset:
             f"dataset not found: {spec.path} (resolved to {path}); {spec.format} datasets are read where they lie, "
             "see README, Evaluation"
         )
-    loader = {"jsonl": _jsonl, "beir": _beir, "sec10q": _sec10q}[spec.format]
+    loader = {"jsonl": _jsonl, "beir": _beir, "sec10q": _sec10q, "financebench": _financebench}[spec.format]
     dataset = loader(spec, path)
     if not dataset.questions:
         raise DatasetError(f"{path}: the dataset has no questions")
@@ -120,6 +123,38 @@ class _QuestionRow(BaseModel):
         return self
 
 
+class _FinanceBenchRow(BaseModel):
+    id: str = Field(min_length=1)
+    doc: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    pages: list[int] = Field(min_length=1)
+    question_type: str | None = None
+
+    @model_validator(mode="after")
+    def _pages(self) -> "_FinanceBenchRow":
+        if any(page < 1 for page in self.pages):
+            raise ValueError("pages are 1-based")
+        return self
+
+
+def _rows(file: Path, model: type[BaseModel]) -> list:
+    """``file``'s JSON lines as ``model``s; a malformed line is a ``DatasetError`` naming the line."""
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{file.name} line {number}"
+        try:
+            rows.append(model.model_validate(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+            raise DatasetError(f"{where}: {problems}") from None
+    return rows
+
+
 def _jsonl(spec: DatasetSpec, folder: Path) -> Dataset:
     questions_file, documents_dir = folder / (spec.questions or "questions.jsonl"), folder / "documents"
     if not questions_file.is_file() or not documents_dir.is_dir():
@@ -130,19 +165,9 @@ def _jsonl(spec: DatasetSpec, folder: Path) -> Dataset:
         if p.is_file() and not p.name.startswith(".")
     ]
     keys, questions = {d.key for d in documents}, []
-    for number, line in enumerate(questions_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{questions_file.name} line {number}"
-        try:
-            row = _QuestionRow.model_validate(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-            raise DatasetError(f"{where}: {problems}") from None
+    for row in _rows(questions_file, _QuestionRow):
         if missing := [e.document for e in row.evidence if e.document not in keys]:
-            raise DatasetError(f"{where}: evidence names {', '.join(missing)}, not in {documents_dir.name}/")
+            raise DatasetError(f"{row.id}: evidence names {', '.join(missing)}, not in {documents_dir.name}/")
         questions.append(
             Question(
                 id=row.id,
@@ -185,6 +210,25 @@ def _beir(spec: DatasetSpec, folder: Path) -> Dataset:
         for query_id, text in data.queries.items()
     ]
     return Dataset(data.name, "beir", documents, questions)
+
+
+def _financebench(spec: DatasetSpec, folder: Path) -> Dataset:
+    questions_file, pdfs = folder / (spec.questions or "questions.jsonl"), folder / "pdfs"
+    if not questions_file.is_file() or not pdfs.is_dir():
+        raise DatasetError(f"{folder}: a FinanceBench folder has pdfs/*.pdf and {questions_file.name}")
+    documents = [
+        SourceDocument(key=p.name, name=p.name, filename=p.name, read=p.read_bytes) for p in sorted(pdfs.glob("*.pdf"))
+    ]
+    keys, questions = {d.key for d in documents}, []
+    for row in _rows(questions_file, _FinanceBenchRow):
+        if row.doc not in keys:
+            raise DatasetError(f"{row.id}: doc {row.doc} is not in {pdfs.name}/")
+        evidence = (Evidence(row.doc, tuple(sorted(set(row.pages)))),)
+        tags = (row.question_type,) if row.question_type else ()
+        questions.append(Question(id=row.id, question=row.question, answer=row.answer, evidence=evidence, tags=tags))
+    if len({q.id for q in questions}) != len(questions):
+        raise DatasetError(f"{questions_file}: question ids must be unique")
+    return Dataset(folder.name, "financebench", documents, questions)
 
 
 _SOURCE_NOTE = re.compile(r"\(?\s*SOURCE(?:\(S\))?:[^\n]*", re.IGNORECASE)

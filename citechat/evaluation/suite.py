@@ -29,9 +29,11 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    format: Literal["jsonl", "beir", "sec10q"]
+    format: Literal["jsonl", "beir", "sec10q", "financebench"]
     path: Path
-    questions: str | None = Field(default=None, description="jsonl: questions.jsonl; sec10q: data/qna_data.csv")
+    questions: str | None = Field(
+        default=None, description="jsonl, financebench: questions.jsonl; sec10q: data/qna_data.csv"
+    )
     split: str = Field(default="test", description="beir: the qrels split")
     limit: int | None = Field(default=None, ge=1, description="Only the first N questions.")
 
