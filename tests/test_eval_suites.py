@@ -101,7 +101,10 @@ def _jsonl(tmp_path: Path, rows: list) -> Path:
     [
         (['{"id": 1'], "questions.jsonl line 1: not JSON"),
         ([{"id": "q", "question": "?"}], "line 1: row: Value error, an answerable question needs"),
-        ([{"id": "q", "question": "?", "answer": "x", "evidence": [{"document": "b.md"}]}], "evidence names b.md"),
+        (
+            [{"id": "q", "question": "?", "answer": "x", "evidence": [{"document": "b.md"}]}],
+            "line 1: evidence names b.md",
+        ),
         ([{"id": "q", "question": "?", "answerable": False, "answer": "x"}], "has no gold answer"),
         (
             [{"id": "q", "question": "?", "answer": "x", "history": [{"role": "bot", "content": "hi"}]}],
@@ -164,7 +167,7 @@ def test_financebench_questions_carry_their_pages(tmp_path: Path):
     assert debt.evidence == (datasets.Evidence("AMCOR_2023Q2_10Q.pdf", (3, 12)),)  # by page, sorted, once each
     assert (cash.id, cash.answer, cash.evidence[0].pages) == ("fb_2", "$7.4B", (54,))
     for row, message in [
-        (rows[0] | {"doc": "MISSING.pdf"}, "fb_1: doc MISSING.pdf is not in pdfs/"),
+        (rows[0] | {"doc": "MISSING.pdf"}, "questions.jsonl line 1: doc MISSING.pdf is not in pdfs/"),
         (rows[0] | {"pages": []}, "questions.jsonl line 1: pages: List should have at least 1 item"),
         (rows[0] | {"pages": [0]}, "1-based"),
     ]:

@@ -1,6 +1,6 @@
 """Evaluation datasets in one shape: documents to index, questions with gold answers and gold evidence.
 
-Three formats are read where they lie (datasets are never copied into the repository: their licences differ):
+Four formats are read where they lie (datasets are never copied into the repository: their licences differ):
 
 - ``jsonl``, citechat's own: a folder with ``documents/`` (any format citechat ingests) and ``questions.jsonl``,
   one question a line: ``id``, ``question``, optional ``history`` (``[{role: user|assistant, content}]``, the
@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -138,15 +138,16 @@ class _FinanceBenchRow(BaseModel):
         return self
 
 
-def _rows(file: Path, model: type[BaseModel]) -> list:
-    """``file``'s JSON lines as ``model``s; a malformed line is a ``DatasetError`` naming the line."""
+def _rows(file: Path, model: type[BaseModel]) -> list[tuple[str, Any]]:
+    """``file``'s JSON lines as ``model``s, each with where it is ("questions.jsonl line 3", for the caller's own
+    errors); a malformed line is a ``DatasetError`` naming the line."""
     rows = []
     for number, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
             continue
         where = f"{file.name} line {number}"
         try:
-            rows.append(model.model_validate(json.loads(line)))
+            rows.append((where, model.model_validate(json.loads(line))))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
         except ValidationError as exc:
@@ -165,9 +166,9 @@ def _jsonl(spec: DatasetSpec, folder: Path) -> Dataset:
         if p.is_file() and not p.name.startswith(".")
     ]
     keys, questions = {d.key for d in documents}, []
-    for row in _rows(questions_file, _QuestionRow):
+    for where, row in _rows(questions_file, _QuestionRow):
         if missing := [e.document for e in row.evidence if e.document not in keys]:
-            raise DatasetError(f"{row.id}: evidence names {', '.join(missing)}, not in {documents_dir.name}/")
+            raise DatasetError(f"{where}: evidence names {', '.join(missing)}, not in {documents_dir.name}/")
         questions.append(
             Question(
                 id=row.id,
@@ -220,9 +221,9 @@ def _financebench(spec: DatasetSpec, folder: Path) -> Dataset:
         SourceDocument(key=p.name, name=p.name, filename=p.name, read=p.read_bytes) for p in sorted(pdfs.glob("*.pdf"))
     ]
     keys, questions = {d.key for d in documents}, []
-    for row in _rows(questions_file, _FinanceBenchRow):
+    for where, row in _rows(questions_file, _FinanceBenchRow):
         if row.doc not in keys:
-            raise DatasetError(f"{row.id}: doc {row.doc} is not in {pdfs.name}/")
+            raise DatasetError(f"{where}: doc {row.doc} is not in {pdfs.name}/")
         evidence = (Evidence(row.doc, tuple(sorted(set(row.pages)))),)
         tags = (row.question_type,) if row.question_type else ()
         questions.append(Question(id=row.id, question=row.question, answer=row.answer, evidence=evidence, tags=tags))
