@@ -2,14 +2,13 @@
 
 import logging
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from citechat.db.statements import PoolBusy
+from citechat.db.statements import UNAVAILABLE, PoolBusy
 from citechat.errors import AuthenticationError, CitechatError, MissingCredentials
 from citechat.ratelimits.service import RateLimited
 
@@ -82,8 +81,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CitechatError, _citechat_error)
     app.add_exception_handler(DBAPIError, _database_error)
-    for away in (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError):
-        app.add_exception_handler(away, _database_away)
+    for away in UNAVAILABLE:  # the answer path's asyncpg errors for the database away (OSError: just below)
+        if away is not OSError:
+            app.add_exception_handler(away, _database_away)
     app.add_exception_handler(OSError, _connection_error)
     app.add_exception_handler(PoolTimeout, _busy)
     app.add_exception_handler(PoolBusy, _busy)

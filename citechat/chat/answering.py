@@ -144,7 +144,7 @@ class Answering:
         counting = self.limits.in_statement(principal)
         params = _owner(principal, session_id) | (counting or {})
         session = await self.statements.fetchrow(_ADMIT if counting is None else _ADMIT_COUNTING, params)
-        await self._admit(session, archived=session and session["is_archived"])
+        await self._admit(session)
         quota = await self._count(principal, admitted=session if counting is not None else None)
         history = [LLMMessage(role=m["role"], content=m["content"]) for m in session["history"]]
         mode = ResponseMode(request.mode or session["response_mode"])
@@ -177,7 +177,7 @@ class Answering:
             raise Conflict(BUSY) from exc
         if stored is None:  # archived or deleted since it was admitted: say which
             found = await self.statements.fetchrow(_SESSION_ROW, _owner(principal, session_id))
-            await self._admit(found, archived=found and found["is_archived"])
+            await self._admit(found)
             raise NotFound("chat session not found")
 
     async def begin_retry(self, principal: Principal, message_id: uuid.UUID, request: schemas.RetryMessage) -> Turn:
@@ -252,16 +252,16 @@ class Answering:
     ) -> models.ChatSession:
         """The caller's session (the ORM object), locked until commit so two retries cannot both pass the checks."""
         found = (await db.execute(_SESSION_LOCKED, _owner(principal, session_id))).first()
-        await self._admit(found and found._mapping, archived=found and found[0].is_archived, db=db)
+        await self._admit(found and found._mapping, db=db)
         return found[0]
 
-    async def _admit(self, found, *, archived: bool | None, db: Executor | None = None) -> None:
-        """Refuses a session that is not there (``found``: its row, with ``busy_id`` and ``busy_worker``),
-        archived, or with an answer being written by a live process (one whose process is gone is marked failed:
-        it will never finish; on ``db``, or on a connection of its own)."""
+    async def _admit(self, found, *, db: Executor | None = None) -> None:
+        """Refuses a session that is not there (``found``: its row, with ``is_archived``, ``busy_id`` and
+        ``busy_worker``), archived, or with an answer being written by a live process (one whose process is gone is
+        marked failed: it will never finish; on ``db``, or on a connection of its own)."""
         if found is None:
             raise NotFound("chat session not found")
-        if archived:
+        if found["is_archived"]:
             raise Conflict("this chat session is archived and read-only")
         if found["busy_id"] is not None:
             if db is None:
@@ -464,8 +464,8 @@ class Answering:
 
     async def _end(self, turn: Turn, status: str, error_message: str | None = None, error_details=None) -> None:
         params = {"answer_id": turn.assistant_id, "status": status, "text": turn.text, "took_ms": _ms(turn.started)}
-        params |= {"at": utcnow()}
-        await self.statements.execute(_END_STATEMENT, params | {"error": error_message, "details": error_details})
+        params |= {"at": utcnow(), "error": error_message, "details": error_details}
+        await self.statements.execute(_END_STATEMENT, params)
 
 
 def _in_flight():
@@ -761,7 +761,9 @@ _OWNED = (
     models.ChatSession.organization_id == bindparam("owner_organization"),
 )
 _BUSY = _in_flight()
-_SESSION_LOCKED = _session_query(models.ChatSession).with_for_update(of=models.ChatSession)
+_SESSION_LOCKED = _session_query(models.ChatSession, models.ChatSession.is_archived).with_for_update(
+    of=models.ChatSession
+)
 _HISTORY_BEFORE = _history_before_statement()
 _VERDICT_COLUMNS = ("id", "cited", "support")  # what the final write changes of the sources
 # On asyncpg (``db.statements``):

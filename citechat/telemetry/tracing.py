@@ -55,6 +55,7 @@ class Telemetry:
         self.prices = prices or {}
         self.provider = provider
         self._stage_targets = {
+            "citechat.chat": targets.end_to_end_ms,
             "citechat.retrieve": targets.retrieval_ms,
             "citechat.condense": targets.condense_ms,
         }
@@ -102,12 +103,15 @@ class Telemetry:
             finally:
                 if llama_index_parent is not None:
                     active_span_id.reset(llama_index_parent)
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
-                if (target := self._stage_targets.get(name)) is not None:
-                    span.set_attribute(BREACHED, elapsed_ms > target)
-                if (histogram := self._stage_histograms.get(name)) is not None:
-                    histogram[0].record(elapsed_ms / 1000, histogram[1])
+                self._timed(span, name, (time.perf_counter() - started) * 1000)
+
+    def _timed(self, span: Span, name: str, elapsed_ms: float) -> None:
+        """A stage's end: its duration, against its target if it has one, in its histogram if it has one."""
+        span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
+        if (target := self._stage_targets.get(name)) is not None:
+            span.set_attribute(BREACHED, elapsed_ms > target)
+        if (histogram := self._stage_histograms.get(name)) is not None:
+            histogram[0].record(elapsed_ms / 1000, histogram[1])
 
     def content(self, span: Span, values: dict[str, str | None]) -> None:
         """User text (questions, passages, answers) on a span: only when ``CITECHAT_TRACE_CONTENT`` is on."""
@@ -130,7 +134,7 @@ class Telemetry:
         Watching the events rather than the code that makes them keeps the answering flow free of telemetry."""
         span = watch.chat
         try:
-            with trace.use_span(span):  # ended below, with the stage's duration and target
+            with watch.current():  # ended below, with the stage's duration and target
                 async with aclosing(events):  # closed inside the span: an interrupted answer's last writes too
                     try:
                         async for event in events:
@@ -143,9 +147,7 @@ class Telemetry:
                         watch.interrupted()
                         raise
         finally:
-            elapsed_ms = watch.elapsed_ms()
-            span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
-            span.set_attribute(BREACHED, elapsed_ms > self.targets.end_to_end_ms)
+            self._timed(span, "citechat.chat", watch.elapsed_ms())
             span.end()
 
 
