@@ -100,7 +100,7 @@ def ancestors(span: ReadableSpan, index: dict[int, ReadableSpan]) -> list[Readab
 
 
 def chat_trace(spans, message_id: str) -> tuple[ReadableSpan, list[ReadableSpan]]:
-    [chat] = [s for s in spans if s.name == "citechat.chat" and s.attributes["citechat.message.id"] == message_id]
+    [chat] = [s for s in spans if s.name == "citechat.chat" and s.attributes.get("citechat.message.id") == message_id]
     return chat, [s for s in spans if s.context.trace_id == chat.context.trace_id]
 
 
@@ -135,6 +135,7 @@ async def test_span_tree_of_a_streamed_follow_up(traced, model_server, identity)
     assert chat.status.status_code != StatusCode.ERROR
 
     stages = {name: [s for s in trace if s.name == f"citechat.{name}"] for name in ("condense", "retrieve", "generate")}
+    # One search: a follow-up the model condenses is not searched ahead of its admission (see chat.search_ahead).
     [condense], [retrieve], [generate] = stages["condense"], stages["retrieve"], stages["generate"]
     for stage in (condense, retrieve, generate):
         assert chat in ancestors(stage, index), stage.name
@@ -172,6 +173,40 @@ async def test_span_tree_of_a_streamed_follow_up(traced, model_server, identity)
     secrets = (FIRST, FOLLOW_UP, "drove the revenue", ANSWER, PASSAGE, KEY, headers["Authorization"].split()[1])
     for secret in secrets:
         assert secret not in text, secret
+
+
+def admission_and_retrieval(spans, message_id: str) -> tuple[ReadableSpan, ReadableSpan, ReadableSpan]:
+    """An answer's span, its retrieval's, and its admitting statement's (the answer's first outside retrieval)."""
+    chat, trace = chat_trace(spans, message_id)
+    index = by_id(trace)
+    [retrieve] = [s for s in trace if s.name == "citechat.retrieve"]
+    statements = [s for s in trace if "db.statement" in s.attributes and chat in ancestors(s, index)]
+    admission = min((s for s in statements if retrieve not in ancestors(s, index)), key=lambda s: s.start_time)
+    return chat, retrieve, admission
+
+
+async def test_a_question_is_searched_while_it_is_admitted_unless_its_asker_was_just_refused(traced, identity):
+    headers, session = await new_conversation(traced.client, identity)
+    traced.spans.clear()
+    done = (await traced.ask(headers, session, FIRST))[-1][2]
+    chat, retrieve, admission = admission_and_retrieval(traced.spans.get_finished_spans(), done["id"])
+    assert retrieve.parent.span_id == chat.context.span_id
+    assert retrieve.start_time < admission.end_time  # searching had begun before the database admitted it
+    assert "citechat.cancelled" not in retrieve.attributes
+
+    traced.spans.clear()
+    unknown = await traced.client.post(
+        f"{API}/message/stream", params={"session_id": str(uuid.uuid4())}, json={"question": FIRST}, headers=headers
+    )
+    assert unknown.status_code == 404
+    [refused] = [s for s in traced.spans.get_finished_spans() if s.name == "citechat.chat"]
+    assert refused.attributes["citechat.outcome"] == "refused" and refused.status.status_code == StatusCode.UNSET
+    assert "citechat.message.id" not in refused.attributes  # no answer was begun
+
+    other = (await traced.client.post(f"{API}/session/new", headers=headers)).json()
+    done = (await traced.ask(headers, other, FIRST))[-1][2]
+    _, retrieve, admission = admission_and_retrieval(traced.spans.get_finished_spans(), done["id"])
+    assert retrieve.start_time >= admission.end_time  # refused a moment ago: searched only once admitted
 
 
 async def test_metrics_of_answers_and_failures(tracing, model_server, identity):

@@ -3,11 +3,13 @@
 ``begin`` (and ``begin_retry``) does everything that can be refused (ownership, an archived session, an answer
 still being written, a spent quota) before anything is stored or any byte is streamed, so those are plain HTTP
 errors; then, at once, it starts preparing the answer (``Turn.generation``: retrieval, the prompt, and the model's
-request as soon as the prompt is ready) and storing the question (``Turn.stored``), side by side. ``run`` says
-nothing until the question is stored (a send racing another in the same session is refused there, as an HTTP
-error still), then yields the events of the answer and leaves the assistant message ``completed``, ``failed``
-(with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when the database is briefly
-away, the final write is retried before it is given up.
+request as soon as the prompt is ready) and storing the question (``Turn.stored``), side by side. When a search
+costs nothing but this machine's work, ``begin`` starts it even before admitting the question, while the database
+checks it (``TimedRetriever.anticipate``, when ``chat.search_ahead`` finds it worth it; a refusal cancels it).
+``run`` says nothing until the question is stored (a send racing another in the same session is refused there,
+as an HTTP error still), then yields the events of the answer and leaves the assistant message ``completed``,
+``failed`` (with the stage that failed) or ``stopped``, never ``pending`` or ``streaming``: even when the database
+is briefly away, the final write is retried before it is given up.
 
 The statements an answer sends are compiled once and run on asyncpg directly (``db.statements``: the answer path
 is where SQLAlchemy's per-statement work showed, under load); the rare paths (a retry, an orphaned answer in the
@@ -18,8 +20,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -51,6 +53,7 @@ from sqlalchemy.orm import selectinload
 
 from citechat.auth.service import Principal
 from citechat.chat import models, schemas, workers
+from citechat.chat.search_ahead import SearchAhead
 from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.db.statements import UNAVAILABLE, Runner, Statement
@@ -103,8 +106,8 @@ class Turn:
     stored: asyncio.Future = field(default_factory=lambda: _done(None))
     # The answer being prepared (``begin`` starts it too): retrieval and the prompt, then the model asked.
     generation: asyncio.Future = field(default_factory=lambda: _done(None))
-    watch: AnswerWatch | None = None  # its telemetry, from when its preparation started
-    started: float = field(default_factory=time.perf_counter)
+    watch: AnswerWatch | None = None  # its telemetry, from when its request was taken
+    started: float = field(default_factory=time.perf_counter)  # when its request was taken (``begin`` sets it)
     text: str = ""  # streamed so far (persisted by the stream's flusher)
     sources: list[models.ChatSource] = field(default_factory=list)  # as saved, in citation order
     stop_requested: bool = False  # the user asked to stop: end "stopped", keeping the text
@@ -136,16 +139,28 @@ class Answering:
     retrieval_timeout_s: float | None = None
     worker_id: uuid.UUID | None = None  # the process's lease (see chat.workers); None outside a server
     telemetry: Telemetry = NO_TELEMETRY
+    search_ahead: SearchAhead = field(default_factory=SearchAhead)  # which questions are searched while admitted
 
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
+        started = time.perf_counter()
         model = self.llms.choose(request.model)
-        # One round trip admits the question: the session checked (refusals first, so they cost no quota), its
-        # history read and, when the quotas are kept in the database, the question counted; then one stores it.
-        counting = self.limits.in_statement(principal)
-        params = _owner(principal, session_id) | (counting or {})
-        session = await self.statements.fetchrow(_ADMIT if counting is None else _ADMIT_COUNTING, params)
-        await self._admit(session)
-        quota = await self._count(principal, admitted=session if counting is not None else None)
+        watch, retriever = self.telemetry.start_answer(), self._retriever(principal)
+        with self._admitting(principal, watch, retriever):
+            condensing = model != EXTRACTIVE
+            if self.index.free_search and self.search_ahead.worth_it(
+                principal.user_id, session_id, condensing=condensing
+            ):
+                # Searched while it is admitted (the engine takes it unless the question is condensed first): the
+                # search costs only this machine's work, and the model is asked a round trip sooner.
+                retriever.anticipate(request.question)
+            # One round trip admits the question: the session checked (refusals first, so they cost no quota), its
+            # history read and, when the quotas are kept in the database, the question counted; then one stores it.
+            counting = self.limits.in_statement(principal)
+            params = _owner(principal, session_id) | (counting or {})
+            session = await self.statements.fetchrow(_ADMIT if counting is None else _ADMIT_COUNTING, params)
+            await self._admit(session)
+            quota = await self._count(principal, admitted=session if counting is not None else None)
+        self.search_ahead.asked(session_id)
         history = [LLMMessage(role=m["role"], content=m["content"]) for m in session["history"]]
         mode = ResponseMode(request.mode or session["response_mode"])
         asked = utcnow()
@@ -162,9 +177,30 @@ class Answering:
         title = _title(request.question) if session["title"] == NEW_SESSION_TITLE else None
         metadata, question = assistant.message_metadata, request.question
         turn = Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
-        self._prepare(turn)
+        turn.watch, turn.started = watch, started
+        self._prepare(turn, retriever)
         turn.stored = asyncio.ensure_future(self._store(principal, session_id, title, [user, assistant]))
         return turn
+
+    @contextmanager
+    def _admitting(self, principal: Principal, watch: AnswerWatch, retriever: engine.TimedRetriever) -> Iterator[None]:
+        """Admitting a question, inside its answer's span: a refusal (or a failure) ends the span, cancels the
+        search started ahead of admission, and has the caller's next questions wait for admission before any
+        search (``search_ahead``)."""
+        try:
+            with watch.current():
+                yield
+        except BaseException as exc:
+            retriever.forget()
+            if isinstance(exc, CitechatError):
+                self.search_ahead.refused(principal.user_id)
+            watch.refused(exc)
+            raise
+
+    def _retriever(self, principal: Principal) -> engine.TimedRetriever:
+        organization = Organization(principal.organization_id, principal.organization)
+        inner = self.index.retriever(organization, self.top_k)
+        return engine.TimedRetriever(inner, self.retrieval_timeout_s, self.telemetry)
 
     async def _store(
         self, principal: Principal, session_id: uuid.UUID, title: str | None, rows: list[models.ChatMessage]
@@ -184,11 +220,28 @@ class Answering:
         """Regenerates the session's latest answer in place: same message id, same question, no new user message.
 
         Retrying a failed answer is free; regenerating one that completed or was stopped counts as a message."""
+        started = time.perf_counter()
         model = self.llms.choose(request.model)
-        async with self.sessions() as db:  # refusals first, so they cost no quota
-            _, assistant, _ = await self._retryable(db, principal, message_id)
-            free = assistant.status == "failed"
-        quota = await (self.limits.tightest(principal) if free else self._count(principal))
+        watch, retriever = self.telemetry.start_answer(), self._retriever(principal)
+        with self._admitting(principal, watch, retriever):
+            async with self.sessions() as db:  # refusals first, so they cost no quota
+                _, assistant, _ = await self._retryable(db, principal, message_id)
+                free = assistant.status == "failed"
+            quota = await (self.limits.tightest(principal) if free else self._count(principal))
+            turn = await self._rewrite(principal, message_id, request, model, quota)
+        turn.watch, turn.started = watch, started
+        self._prepare(turn, retriever)
+        return turn
+
+    async def _rewrite(
+        self,
+        principal: Principal,
+        message_id: uuid.UUID,
+        request: schemas.RetryMessage,
+        model: str,
+        quota: Quota,
+    ) -> Turn:
+        """The answer to retry reset in place (its sources deleted), as a turn to answer again."""
         async with self.sessions() as db:
             session, assistant, user = await self._retryable(db, principal, message_id)
             session_id = session.id
@@ -209,9 +262,7 @@ class Answering:
                 await db.commit()
             except IntegrityError as exc:  # a send committed between this retry's checks and its write
                 raise Conflict(BUSY) from exc
-            turn = Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
-        self._prepare(turn)
-        return turn
+            return Turn(principal, session_id, user, message_id, user.content, mode, model, history, metadata, quota)
 
     async def _count(self, principal: Principal, *, admitted: asyncpg.Record | None = None) -> Quota:
         """Counts the message, or reads how the admitting statement counted it (``admitted``: its row, when it
@@ -290,13 +341,13 @@ class Answering:
     def run(self, turn: Turn) -> AsyncIterator[Event]:
         return self.telemetry.observe_answer(turn.watch, self._run(turn))  # closing it closes _run at once
 
-    def _prepare(self, turn: Turn) -> None:
+    def _prepare(self, turn: Turn, retriever: engine.TimedRetriever) -> None:
         """Starts preparing the answer (``Turn.generation``): from here to the model's request nothing waits on
         anything but retrieval."""
         llm = self.llms.create(turn.model, POLICIES[turn.mode].temperature)
-        turn.watch = self.telemetry.start_answer(turn)
+        turn.watch.admitted(turn)
         with turn.watch.current():  # the answer's span is the parent of what preparing it does
-            turn.generation = asyncio.ensure_future(self._generate(turn, llm, self.prompts.current()))
+            turn.generation = asyncio.ensure_future(self._generate(turn, llm, self.prompts.current(), retriever))
 
     async def _run(self, turn: Turn) -> AsyncIterator[Event]:
         stage, timings, generating = "retrieval", {}, turn.generation
@@ -331,7 +382,7 @@ class Answering:
                         claims.note(turn.text)
                     delta = await anext(tokens, _END)
             timings["ttft_ms"] = int(((first_token or time.perf_counter()) - turn.started) * 1000)
-            timings["generation_ms"] = _ms(prepared.clock) - timings["retrieval_ms"] - timings.get("condense_ms", 0)
+            timings["generation_ms"] = _ms(prepared.retrieved)
             stage = "citations"
             turn.finishing = True
             report = citations.verify(turn.text, passages, claims)
@@ -360,23 +411,22 @@ class Answering:
                 )
             yield Event("error", {"message_id": str(turn.assistant_id), "detail": detail, "retryable": retryable})
 
-    async def _generate(self, turn: Turn, llm, prompts) -> "_Prepared":
+    async def _generate(self, turn: Turn, llm, prompts, retriever: engine.TimedRetriever) -> "_Prepared":
         """Retrieval and the prompt, then the model's first piece asked for at once (its request sent)."""
         clock = time.perf_counter()
-        organization = Organization(turn.principal.organization_id, turn.principal.organization)
         generation = await engine.generate(
             question=turn.question,
             history=turn.history,
-            retriever=self.index.retriever(organization, self.top_k),
+            retriever=retriever,
             llm=llm,
             prompts=prompts,
             mode=turn.mode,
             min_similarity=self.min_similarity,
-            retrieval_timeout_s=self.retrieval_timeout_s,
             telemetry=self.telemetry,
         )
         first = asyncio.ensure_future(anext(generation.tokens, _END))
-        return _Prepared(generation, first, llm, prompts, clock)
+        # Generation's time counts from the passages in hand: retrieval's end, or now when it ended ahead.
+        return _Prepared(generation, first, llm, prompts, retrieved=max(clock, retriever.finished))
 
     async def stored_message(self, message_id: uuid.UUID) -> dict | None:
         """The message as stored, in the API's shape (with its sources)."""
@@ -731,13 +781,13 @@ async def _cancel(task: asyncio.Future) -> None:
 @dataclass(frozen=True)
 class _Prepared:
     """An answer ready to stream (``Answering._generate``): its generation, the model's first piece asked for
-    (``first``: its request sent), the LLM and prompts it was made with, and when preparing began."""
+    (``first``: its request sent), the LLM and prompts it was made with, and when it had its passages."""
 
     generation: engine.Generation
     first: asyncio.Future
     llm: object
     prompts: object
-    clock: float
+    retrieved: float
 
 
 async def _cancel_preparation(generating: asyncio.Future) -> None:

@@ -75,7 +75,10 @@ class NumberSources(_OnTheLoop):
 
 class TimedRetriever(BaseRetriever):
     """The organization's retriever, noting when retrieval started and ended (what comes before it is condensing),
-    and giving up after ``timeout_s``: a retriever that hangs must fail the answer, retryably, not hold it."""
+    and giving up after ``timeout_s``: a retriever that hangs must fail the answer, retryably, not hold it.
+
+    ``anticipate`` starts a retrieval before the engine asks for it (see ``Answering.begin``): the engine takes it
+    when it asks for the same query, and its time counts from when it started."""
 
     def __init__(
         self, inner: BaseRetriever, timeout_s: float | None = None, telemetry: Telemetry = NO_TELEMETRY
@@ -83,12 +86,39 @@ class TimedRetriever(BaseRetriever):
         super().__init__()
         self._inner, self._timeout_s, self._telemetry = inner, timeout_s, telemetry
         self.started = self.finished = None
+        self._anticipated: tuple[str, asyncio.Future] | None = None
+
+    def anticipate(self, query: str) -> None:
+        """Starts retrieving ``query`` now, in a task of the current context (its span's parent is the current
+        span); asking for another query, or ``forget``, cancels it."""
+        self.forget()
+        task = asyncio.ensure_future(self._timed(QueryBundle(query)))
+        task.add_done_callback(_retrieve_exception)
+        self._anticipated = (query, task)
+
+    def forget(self) -> None:
+        """Cancels the anticipated retrieval, if any: nobody will take it (the question was refused, or will be
+        condensed into another query)."""
+        if self._anticipated is not None:
+            self._anticipated[1].cancel()
+            self._anticipated = None
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         raise NotImplementedError("citechat retrievers are async: call aretrieve()")
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        self.started = time.perf_counter()
+        anticipated, self._anticipated = self._anticipated, None
+        if anticipated is not None and anticipated[0] == query_bundle.query_str:
+            nodes, self.started, self.finished = await anticipated[1]
+            return nodes
+        if anticipated is not None:
+            anticipated[1].cancel()
+        nodes, self.started, self.finished = await self._timed(query_bundle)
+        return nodes
+
+    async def _timed(self, query_bundle: QueryBundle) -> tuple[list[NodeWithScore], float, float]:
+        """The nodes, and when retrieving them started and ended."""
+        started = time.perf_counter()
         try:
             with self._telemetry.stage_span(
                 "citechat.retrieve", content={"citechat.query": query_bundle.query_str}
@@ -96,11 +126,15 @@ class TimedRetriever(BaseRetriever):
                 async with asyncio.timeout(self._timeout_s):
                     nodes = await self._inner.aretrieve(query_bundle)
                 span.set_attribute("citechat.retrieval.results", len(nodes))
-                return nodes
+                return nodes, started, time.perf_counter()
         except TimeoutError:
             raise RetrievalUnavailable(f"retrieval took longer than {self._timeout_s:g} s; try again") from None
-        finally:
-            self.finished = time.perf_counter()
+
+
+def _retrieve_exception(task: asyncio.Future) -> None:
+    """Marks an anticipated retrieval's failure as seen: one that nobody took is not worth a log line."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ChatEngine(CondensePlusContextChatEngine):
@@ -153,23 +187,26 @@ async def generate(
     *,
     question: str,
     history: list[ChatMessage],
-    retriever: BaseRetriever,
+    retriever: TimedRetriever,
     llm: LLM,
     prompts: PromptSet,
     mode: ResponseMode,
     min_similarity: float,
-    retrieval_timeout_s: float | None = None,
     telemetry: Telemetry = NO_TELEMETRY,
 ) -> Generation:
+    """``retriever`` may have anticipated the question (``TimedRetriever.anticipate``): it is taken unless the
+    question is condensed first (a follow-up, with a model to rewrite it), which cancels it."""
     policy = POLICIES[mode]
     numbering = NumberSources()
     extractive = isinstance(llm, ExtractiveLLM)
     if extractive:
         llm.question = question
-    timed = TimedRetriever(retriever, retrieval_timeout_s, telemetry)
+    condensing = bool(history) and not extractive
+    if condensing:
+        retriever.forget()
     clock = time.perf_counter()
     engine = ChatEngine.from_defaults(
-        retriever=timed,
+        retriever=retriever,
         llm=llm,
         system_prompt=prompts.system(mode),
         context_prompt=prompts.context,
@@ -184,9 +221,9 @@ async def generate(
     )
     engine.telemetry = telemetry
     _, messages = await engine.context_messages(question, list(history))
-    timings = {"retrieval_ms": _ms(timed.finished - timed.started)}
-    if history and not extractive:
-        timings["condense_ms"] = _ms(timed.started - clock)
+    timings = {"retrieval_ms": _ms(retriever.finished - retriever.started)}
+    if condensing:
+        timings["condense_ms"] = _ms(retriever.started - clock)
     sources = numbering.kept
     if not sources:
         text = prompts.strict_refusal if policy.refuses_without_relevant_source else _NO_SOURCES

@@ -79,6 +79,9 @@ class IndexBackend(Protocol):
     """Where an organization's documents are indexed and searched. ``citechat.documents`` drives it."""
 
     name: str
+    # A search costs nothing but this machine's work (no paid call: Ragie's retrievals, OpenAI's embeddings are
+    # paid), so a question may be searched before it is admitted (``Answering.begin``), at the risk of nothing.
+    free_search: bool
 
     async def ingest(
         self,

@@ -29,6 +29,7 @@ from citechat.settings import Settings
 class Embedder(Protocol):
     model_name: str
     dimensions: int
+    local: bool  # runs on this machine: embedding costs nothing but its CPU (no paid call)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Unit-length vectors, one per text, in order."""
@@ -40,6 +41,7 @@ class MiniLMEmbedder:
 
     model_name = "all-MiniLM-L6-v2-onnx-qint8"
     dimensions = EMBEDDING_DIMENSIONS
+    local = True
     max_tokens = 256  # the model's max_seq_length
 
     def __init__(self, cache_dir: Path, *, threads: int = 1, batch_size: int = 2) -> None:
@@ -137,6 +139,7 @@ class OpenAIEmbedder:
 
     model_name = "text-embedding-3-small"
     dimensions = EMBEDDING_DIMENSIONS
+    local = False
 
     def __init__(self, api_key: str, *, base_url: str | None = None, batch_size: int = 256) -> None:
         self._http = httpx.AsyncClient(

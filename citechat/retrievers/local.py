@@ -168,6 +168,10 @@ class LocalIndex:
     def embedder(self) -> Embedder:
         return self._embedder
 
+    @property
+    def free_search(self) -> bool:
+        return self._embedder.local
+
     async def ingest(
         self,
         organization: Organization,

@@ -238,6 +238,7 @@ class RagieIndex:
     """
 
     name = BACKEND
+    free_search = False  # each retrieval is a billed Ragie call
 
     def __init__(
         self,

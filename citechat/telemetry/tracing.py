@@ -9,6 +9,7 @@ Questions, passages and answers are user data: they enter spans only with ``CITE
 (``Telemetry.content``). A span over its stage's target gets ``citechat.slo.breached=true``.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
@@ -98,19 +99,25 @@ class Telemetry:
             # OpenTelemetry span: cleared here, the LlamaIndex calls a stage makes nest inside the stage's span.
             inside_llama_index = span.is_recording() and active_span_id.get() is not None
             llama_index_parent = active_span_id.set(None) if inside_llama_index else None
+            cancelled = False
             try:
                 yield span
+            except asyncio.CancelledError:
+                cancelled = True
+                span.set_attribute("citechat.cancelled", True)
+                raise
             finally:
                 if llama_index_parent is not None:
                     active_span_id.reset(llama_index_parent)
-                self._timed(span, name, (time.perf_counter() - started) * 1000)
+                self._timed(span, name, (time.perf_counter() - started) * 1000, finished=not cancelled)
 
-    def _timed(self, span: Span, name: str, elapsed_ms: float) -> None:
-        """A stage's end: its duration, against its target if it has one, in its histogram if it has one."""
+    def _timed(self, span: Span, name: str, elapsed_ms: float, *, finished: bool = True) -> None:
+        """A stage's end: its duration, against its target if it has one, in its histogram if it has one and it
+        ``finished`` (a stage cancelled, by a stopped answer or as a search ahead nobody took, stays out)."""
         span.set_attribute("citechat.duration_ms", round(elapsed_ms, 1))
         if (target := self._stage_targets.get(name)) is not None:
             span.set_attribute(BREACHED, elapsed_ms > target)
-        if (histogram := self._stage_histograms.get(name)) is not None:
+        if finished and (histogram := self._stage_histograms.get(name)) is not None:
             histogram[0].record(elapsed_ms / 1000, histogram[1])
 
     def content(self, span: Span, values: dict[str, str | None]) -> None:
@@ -118,12 +125,12 @@ class Telemetry:
         if self.trace_content:
             span.set_attributes({key: value for key, value in values.items() if value is not None})
 
-    def start_answer(self, turn: "Turn") -> "AnswerWatch":
-        """The ``citechat.chat`` span of an answer, started when its preparation starts (``Answering.begin``, in
-        the request); ``use_span`` makes it current for the work started there, ``observe_answer`` ends it."""
-        watch = AnswerWatch(self, turn)
+    def start_answer(self) -> "AnswerWatch":
+        """The ``citechat.chat`` span of an answer, started as its request is taken (``Answering.begin``), before
+        the question is admitted: its retrieval may start then, inside it. ``AnswerWatch.admitted`` names the
+        answer, ``AnswerWatch.refused`` ends the span of a question refused there, ``observe_answer`` any other."""
+        watch = AnswerWatch(self)
         watch.chat = self.tracer.start_span("citechat.chat", attributes=watch.attributes)
-        self.content(watch.chat, {"citechat.question": turn.question})
         return watch
 
     async def observe_answer(self, watch: "AnswerWatch", events: AsyncIterator["Event"]) -> AsyncIterator["Event"]:
@@ -154,32 +161,45 @@ class Telemetry:
 class AnswerWatch:
     """What ``observe_answer`` learns from one answer's events."""
 
-    def __init__(self, telemetry: Telemetry, turn: "Turn") -> None:
-        self.telemetry, self.turn = telemetry, turn
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.turn: Turn | None = None  # once admitted
         self.started = time.perf_counter()
         self.stage = "retrieval"
         self.ended = False
         self.chat: Span | None = None
         self.generate: Span | None = None
         self.last_token_ns: int | None = None
-        self.attributes = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.system": telemetry.provider,
-            "gen_ai.request.model": turn.model,
+        self.attributes = {"gen_ai.operation.name": "chat", "gen_ai.system": telemetry.provider}
+        self.metric_attributes = {"gen_ai.system": telemetry.provider}
+
+    def admitted(self, turn: "Turn") -> None:
+        """The question was admitted as ``turn``: the span says which answer, model and mode it is."""
+        self.turn = turn
+        model = {"gen_ai.request.model": turn.model, "citechat.mode": turn.mode.value}
+        self.metric_attributes |= model
+        self.attributes |= model | {
             "gen_ai.request.temperature": POLICIES[turn.mode].temperature,
-            "citechat.mode": turn.mode.value,
             "citechat.session.id": str(turn.session_id),
             "citechat.message.id": str(turn.assistant_id),
         }
-        self.metric_attributes = {
-            "gen_ai.system": telemetry.provider,
-            "gen_ai.request.model": turn.model,
-            "citechat.mode": turn.mode.value,
-        }
+        self.chat.set_attributes(self.attributes)
+        self.telemetry.content(self.chat, {"citechat.question": turn.question})
+
+    def refused(self, error: BaseException) -> None:
+        """The question was not admitted (``error``: why): its span ends here, and no answer is counted."""
+        if isinstance(error, CitechatError):
+            self.chat.set_attribute("citechat.outcome", "refused")
+        else:  # the database away, most likely: the request failed, by its type only (no message, no secrets)
+            self.chat.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        self.telemetry._timed(self.chat, "citechat.chat", self.elapsed_ms())
+        self.chat.end()
 
     def current(self):
-        """The answer's span made current (for work started inside it, in other tasks: they copy the context)."""
-        return trace.use_span(self.chat)
+        """The answer's span made current (for work started inside it, in other tasks: they copy the context).
+        Its status is set where the answer's outcome is known (a refusal is no error), never from an exception
+        passing through."""
+        return trace.use_span(self.chat, record_exception=False, set_status_on_exception=False)
 
     def see(self, event: "Event") -> None:
         if event.name == "sources":
