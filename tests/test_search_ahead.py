@@ -99,6 +99,22 @@ def test_when_a_search_ahead_is_worth_it():
     assert ahead.worth_it(user, other_session, condensing=False)  # forgiven after a while
 
 
+async def test_only_a_few_searches_ahead_at_once():
+    ahead, session = SearchAhead(at_once=2), uuid.uuid4()
+    searches = [asyncio.get_running_loop().create_future() for _ in range(2)]
+    for search in searches:
+        assert ahead.worth_it(uuid.uuid4(), session, condensing=False)
+        ahead.track(search)
+    assert not ahead.worth_it(uuid.uuid4(), session, condensing=False)  # a burst: the rest wait for admission
+    searches[0].cancel()  # nobody took it
+    await asyncio.sleep(0)
+    assert ahead.worth_it(uuid.uuid4(), session, condensing=False)
+    searches[1].set_result([])
+    await asyncio.sleep(0)
+    ahead.track(asyncio.get_running_loop().create_future())
+    assert ahead.worth_it(uuid.uuid4(), session, condensing=False)  # one under way, room for another
+
+
 def test_search_ahead_remembers_a_bounded_number():
     ahead = SearchAhead(capacity=3)
     users, sessions = [uuid.uuid4() for _ in range(4)], [uuid.uuid4() for _ in range(4)]

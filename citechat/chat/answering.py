@@ -152,7 +152,7 @@ class Answering:
             ):
                 # Searched while it is admitted (the engine takes it unless the question is condensed first): the
                 # search costs only this machine's work, and the model is asked a round trip sooner.
-                retriever.anticipate(request.question)
+                self.search_ahead.track(retriever.anticipate(request.question))
                 await asyncio.sleep(0)  # its embedding under way before the statement is sent: the longer of the two
             # One round trip admits the question: the session checked (refusals first, so they cost no quota), its
             # history read and, when the quotas are kept in the database, the question counted; then one stores it.

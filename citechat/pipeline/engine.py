@@ -88,13 +88,14 @@ class TimedRetriever(BaseRetriever):
         self.started = self.finished = None
         self._anticipated: tuple[str, asyncio.Future] | None = None
 
-    def anticipate(self, query: str) -> None:
+    def anticipate(self, query: str) -> asyncio.Future:
         """Starts retrieving ``query`` now, in a task of the current context (its span's parent is the current
-        span); asking for another query, or ``forget``, cancels it."""
+        span), and returns it; asking for another query, or ``forget``, cancels it."""
         self.forget()
         task = asyncio.ensure_future(self._timed(QueryBundle(query)))
         task.add_done_callback(_retrieve_exception)
         self._anticipated = (query, task)
+        return task
 
     def forget(self) -> None:
         """Cancels the anticipated retrieval, if any: nobody will take it (the question was refused, or will be
