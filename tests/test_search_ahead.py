@@ -132,3 +132,17 @@ async def test_only_searches_that_cost_nothing_are_made_ahead(app):
     assert not paid.free_search  # each question's embedding a billed call
     await paid.aclose()
     assert not RagieIndex.free_search  # each retrieval a billed call
+
+
+async def test_searches_ahead_cancelled_at_any_moment_leave_the_index_usable(field_notes, app, caplog):
+    pool = app.state.database.engine.pool
+    in_use = pool.checkedout()  # the test's own session, the worker lease's connection
+    for step in range(60):  # 0 to 6 ms: before, during and after the embedding and the query
+        retriever = TimedRetriever(field_notes)
+        retriever.anticipate(QUESTION)
+        await asyncio.sleep(step * 0.0001)
+        retriever.forget()
+    await asyncio.sleep(0.1)
+    assert [n.node.text for n in await field_notes.aretrieve(QUESTION)]
+    assert pool.checkedout() == in_use  # every connection the searches took is back
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
