@@ -369,7 +369,7 @@ def bench_overhead(
 
     async def measure(stack) -> tuple[dict, str]:
         if quick:
-            results = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+            results = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1, rounds=1)
         else:
             results = await overhead.run(stack, overhead.LEVELS)
         return results, overhead.markdown(results)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from citechat.bench import overhead
 from tests import samples
 
 
@@ -68,7 +69,30 @@ def test_overhead_benchmark_smoke(tmp_path: Path):
     ]
     assert all(r["errors"] == 0 and r["ttft_ms"]["p50"] >= pace["first_token_ms"] for r in report["bursts"])
     assert set(report["goals"]) == {"overhead_p95_ms_at_16", "overhead_p95_vs_floor_at_16"}
+    assert report["rounds"] == 1 and all(len(r["rounds"]) == 1 for r in report["runs"] + report["bursts"])
     assert "| citechat |" in (tmp_path / "overhead.md").read_text()
+
+
+def test_overhead_figures_are_the_medians_of_the_rounds():
+    def measured(p50: float, p95: float, errors: int, cpu: float) -> dict:
+        latencies = {"p50": p50, "p95": p95, "p99": p95 + 1}
+        return {
+            "path": "citechat",
+            "streams": 16,
+            "messages": 96,
+            "errors": errors,
+            "error_examples": ["HTTP 503"] * errors,
+            "ttft_ms": latencies,
+            "overhead_ms": latencies,
+            "cpu_ms_per_message": cpu,
+        }
+
+    rounds = [measured(9.0, 12.0, 0, 30.0), measured(15.0, 40.0, 1, 33.0), measured(10.0, 13.0, 0, 31.5)]
+    combined = overhead._median_of(rounds)
+    assert combined["overhead_ms"] == {"p50": 10.0, "p95": 13.0, "p99": 14.0}  # one slow round does not decide
+    assert (combined["cpu_ms_per_message"], combined["errors"], combined["messages"]) == (31.5, 1, 288)
+    assert combined["error_examples"] == ["HTTP 503"] and (combined["path"], combined["streams"]) == ("citechat", 16)
+    assert [r["overhead_ms"]["p95"] for r in combined["rounds"]] == [12.0, 40.0, 13.0]
 
 
 def test_memory_benchmark_smoke(tmp_path: Path):

@@ -33,7 +33,7 @@ async def run(quick: bool, datasets: Path, save: Callable[[dict], object]) -> di
         results["memory"] = await memory.run(stack, 16 if quick else 64)
         save(results)
         if quick:
-            results["overhead"] = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1)
+            results["overhead"] = await overhead.run(stack, overhead.QUICK_LEVELS, warm_up=1, rounds=1)
         else:
             results["overhead"] = await overhead.run(stack, overhead.LEVELS)
     save(results)
