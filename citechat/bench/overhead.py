@@ -10,8 +10,8 @@ Each run is a steady state, as a load test measures one: the streams start sprea
 ramp-up), each stream's first message is not measured, and the figures are those of the messages after it. Started
 all at once, the streams would stay in step (each round's answers start together, and one event loop shares its
 CPU among them until all are set up, so they also end together) and every message would measure the queue of
-the whole round: that case, every stream sending at the same moment, is measured too, as one round per path
-(``bursts``), and reported beside the steady state rather than as it.
+the whole round: that case, every stream sending at the same moment, is measured too, once per path in each
+round (``bursts``), and reported beside the steady state rather than as it.
 
 The three paths take turns at each concurrency, ``rounds`` times, each round in another order, and each figure is
 the median of the rounds': this machine's speed drifts within minutes, and the floor's own p95 at 16 streams

@@ -146,7 +146,7 @@ class Answering:
         model = self.llms.choose(request.model)
         watch, retriever = self.telemetry.start_answer(), self._retriever(principal)
         with self._admitting(principal, watch, retriever):
-            condensing = model != EXTRACTIVE
+            condensing = self.llms.name != EXTRACTIVE  # the extractive answerer asks as asked
             if self.index.free_search and self.search_ahead.worth_it(
                 principal.user_id, session_id, condensing=condensing
             ):

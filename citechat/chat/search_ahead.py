@@ -10,9 +10,9 @@ nothing but this machine's work (``IndexBackend.free_search``: no paid call) and
   question, not for the one asked. Only sessions this process has admitted a question in are known;
 - not beyond ``at_once`` searches ahead under way: when many questions arrive together, the rest wait for their
   admission, as every question did before. Uncapped, 16 questions sent at the same moment got their first token
-  ~100-400 ms later than without searching ahead (measured, cause not pinned down: all the searches start together
-  where admissions would have spread them out, on the engine's few kept connections and the one-at-a-time
-  embedder); capped at 2, no later (the same within the machine's noise, over 12 bursts).
+  later than without searching ahead (median of four bursts 511 against 378 ms; cause not pinned down: all the
+  searches start together where admissions would have spread them out, on the engine's few kept connections and
+  the one-at-a-time embedder); capped at 2, no later (344 against 348 ms, the median of 12 bursts).
 
 Kept per process, in the app's lifespan (``Answering``), bounded: a few bytes per user and per session.
 """
