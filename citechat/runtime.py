@@ -43,7 +43,8 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         database = await stack.enter_async_context(open_database(settings))
-        index = index_from_settings(settings, database.sessions)
+        statements = Runner(database.pool, telemetry.tracer)
+        index = index_from_settings(settings, database.sessions, statements)
         stack.push_async_callback(index.aclose)
         ingestion = Ingestion(database.sessions, index, concurrency=settings.ingest_concurrency)
         stack.push_async_callback(ingestion.aclose)
@@ -60,7 +61,6 @@ async def open_runtime(
         local = await stack.enter_async_context(local_model_server(settings)) if settings.llm == "local" else None
         llms = provider_from_settings(settings, local_base_url=local)
         stack.push_async_callback(llms.aclose)
-        statements = Runner(database.pool, telemetry.tracer)
         answering = Answering(
             sessions=database.sessions,
             autocommit=database.autocommit,

@@ -327,4 +327,16 @@ async def test_an_organization_with_a_share_of_the_index_gets_its_whole_dense_ra
             query /= np.linalg.norm(query)
             ranked = await runtime.index.search_vector(small, "w1 w2", query.tolist(), 100, mode="dense")
             found.append(len(ranked))
+        # The deeper scan and the planning are the search's own: the pooled connections keep the defaults.
+        pool = runtime.database.pool
+        connections = [await pool.acquire() for _ in range(pool.get_size())]
+        try:
+            settings = [
+                await c.fetchrow("SELECT current_setting('hnsw.ef_search', true), current_setting('plan_cache_mode')")
+                for c in connections
+            ]
+        finally:
+            for connection in connections:
+                await pool.release(connection)
     assert found == [100] * 8
+    assert connections and all(tuple(row) in {(None, "auto"), ("40", "auto")} for row in settings), settings

@@ -172,7 +172,12 @@ async def test_racing_sends_in_one_session_store_one_question(served, identity):
     client = served
     headers, session = await new_conversation(client, identity)
     url, params = f"{API}/message", {"session_id": session["id"]}
-    asks = [client.post(url, params=params, json={"question": f"q{i}?"}, headers=headers) for i in range(8)]
+    # Questions the document answers, so the one admitted is written by the model (~1.5 s): a question it does not
+    # answer is refused at once, and a send arriving after that finds the session free (and is answered, rightly).
+    questions = [f"How far did the glacier retreat ({i})?" for i in range(8)]
+    asks = [
+        client.post(url, params=params, json={"question": q, "mode": "balanced"}, headers=headers) for q in questions
+    ]
     sent = await asyncio.gather(*asks)
     codes = sorted(response.status_code for response in sent)
     assert codes == [200] + [409] * 7, codes  # all eight arrive while the first answer is still being written

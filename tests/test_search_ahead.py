@@ -128,7 +128,7 @@ def test_search_ahead_remembers_a_bounded_number():
 
 async def test_only_searches_that_cost_nothing_are_made_ahead(app):
     assert app.state.index.free_search  # the local index on the offline model
-    paid = LocalIndex(app.state.database.sessions, OpenAIEmbedder("sk-unused"))
+    paid = LocalIndex(app.state.database.sessions, app.state.answering.statements, OpenAIEmbedder("sk-unused"))
     assert not paid.free_search  # each question's embedding a billed call
     await paid.aclose()
     assert not RagieIndex.free_search  # each retrieval a billed call

@@ -6,8 +6,9 @@ per call, and its parameter and result processing: ~160 us of CPU per statement 
 measured under 16 concurrent answers, a ``SELECT 1`` took 1.3 ms (p50) and 4.5 ms (p90) that way against 0.27 and
 1.4 ms on asyncpg directly (README, Performance). So these statements are still written with SQLAlchemy (the
 models' tables and columns, one place for the schema), compiled once at import into PostgreSQL's text with
-``$n`` parameters, and run on a plain asyncpg pool (``Database.pool``); everything else (the API's reads and
-writes, migrations, retrieval) goes through SQLAlchemy's engine and sessions as before.
+``$n`` parameters, and run on a plain asyncpg pool (``Database.pool``), as is the local index's search (one call of
+a database function); everything else (the API's reads and writes, migrations, indexing) goes through SQLAlchemy's
+engine and sessions as before.
 
 ``Statement`` keeps what SQLAlchemy would do per execution, done once: the text, the order of the parameters,
 the values written into the construct (``status = 'completed'``), ``IN`` lists of constants written out, and
@@ -96,6 +97,10 @@ class Runner:
         self.pool = pool
         self.wait_s = wait_s
         self._tracer = None if tracer is None or isinstance(tracer, NoOpTracer) else tracer
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> list[asyncpg.Record]:
+        async with self._connection(statement) as connection:
+            return await connection.fetch(statement.sql, *statement.arguments(params))
 
     async def fetchrow(self, statement: Statement, params: Mapping[str, Any]) -> asyncpg.Record | None:
         async with self._connection(statement) as connection:

@@ -2,11 +2,14 @@
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from citechat.db.statements import Runner
 from citechat.retrievers.base import IndexBackend
 from citechat.settings import Settings
 
 
-def index_from_settings(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> IndexBackend:
+def index_from_settings(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], statements: Runner
+) -> IndexBackend:
     if settings.retrieval_backend == "ragie":
         from citechat.retrievers.ragie import RagieIndex
 
@@ -16,6 +19,7 @@ def index_from_settings(settings: Settings, sessions: async_sessionmaker[AsyncSe
 
     return LocalIndex(
         sessions,
+        statements,
         embedder_from_settings(settings),
         chunk_size=settings.chunk_size,
         chunk_overlap=settings.chunk_overlap,

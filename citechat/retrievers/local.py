@@ -8,7 +8,8 @@ Two rankings are fused (min-max normalised, then 0.4 x dense + 0.6 x lexical):
   picks a candidate pool from those matches and BM25 (title terms counted twice, every query term) orders it.
 
 On BEIR SciFact this scores well above either ranking alone (README, "Retrieval quality"). Only chunks of the
-organization's ``ready`` documents are read, so a document being indexed is never half visible.
+organization's ``ready`` documents are read, so a document being indexed is never half visible. The ranking runs in
+the database, as the function ``citechat_search`` (its SQL is in migration 0007), called once per search.
 """
 
 import asyncio
@@ -17,12 +18,14 @@ import time
 import uuid
 from typing import Literal
 
+import asyncpg
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from sqlalchemy import delete, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from citechat.db.statements import Runner, Statement
 from citechat.documents import models
 from citechat.documents.parsing import parse
 from citechat.retrievers import chunking
@@ -37,85 +40,16 @@ MATCH_BUDGET = 2000  # and only while the chunks they match add up to no more th
 DENSE_WEIGHT = 0.4
 _WORDS = re.compile(r"\w+")
 
-_HYBRID = text("""
-WITH stats AS (
-    SELECT chunks::float8 AS n, greatest(total_length::float8 / greatest(chunks, 1), 1) AS avgdl
-    FROM index_stats WHERE organization_id = :org
-), terms AS (
-    SELECT l.lexeme, l.df, ln(1 + (stats.n - l.df + 0.5) / (l.df + 0.5)) AS idf
-    FROM lexicon l, stats
-    WHERE l.organization_id = :org AND l.df > 0
-      AND l.lexeme = ANY(tsvector_to_array(to_tsvector('english', :query)))
-), rarest AS (
-    SELECT lexeme, sum(df) OVER (ORDER BY df, lexeme) AS matches, row_number() OVER (ORDER BY df, lexeme) AS n
-    FROM terms
-), matching AS (  -- the rarest terms whose matches fit the budget (at least one term)
-    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS q
-    FROM rarest WHERE n = 1 OR (matches <= :match_budget AND n <= :match_terms)
-), pool AS (
-    SELECT c.id, c.search, c.length
-    FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready', matching
-    WHERE c.organization_id = :org AND c.search @@ matching.q
-    ORDER BY ts_rank(c.search, matching.q, 1) DESC
-    LIMIT :lexical_pool
-), lexical AS (
-    SELECT pool.id, sum(
-        terms.idf * tf * (1.2 + 1) / (tf + 1.2 * (0.25 + 0.75 * pool.length / stats.avgdl))
-    ) AS score
-    FROM pool
-    CROSS JOIN LATERAL (
-        SELECT u.lexeme, (cardinality(u.positions) + cardinality(array_positions(u.weights, 'A')))::float8 AS tf
-        FROM unnest(pool.search) u
-    ) counted
-    JOIN terms ON terms.lexeme = counted.lexeme, stats
-    GROUP BY pool.id
-    ORDER BY score DESC
-    LIMIT :lexical_candidates
-), dense AS (
-    SELECT c.id, 1 - (c.embedding <=> CAST(:vector AS vector)) AS score
-    FROM chunks c JOIN documents d ON d.id = c.document_id AND d.status = 'ready'
-    WHERE c.organization_id = :org
-    ORDER BY c.embedding <=> CAST(:vector AS vector)
-    LIMIT :dense_candidates
-), dense_scaled AS (  -- min-max to [0, 1]; a ranking whose scores are all equal scales to 1
-    SELECT id, score AS similarity,
-           coalesce((score - min(score) OVER ()) / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS s
-    FROM dense
-), lexical_scaled AS (
-    SELECT id, coalesce((score - min(score) OVER ()) / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS s
-    FROM lexical
-), fused AS (
-    SELECT id, dense_scaled.similarity,
-           :dense_weight * coalesce(dense_scaled.s, 0) + (1 - :dense_weight) * coalesce(lexical_scaled.s, 0) AS score
-    FROM dense_scaled FULL JOIN lexical_scaled USING (id)
+# The search: one call of the database function that runs it (migration 0007, ``citechat_search``: the ranking
+# above in SQL; it also refuses an index built by another model, scans HNSW deeper for an organization with a small
+# share of the index, and plans each search for its organization), one round trip on the answer path's pool.
+_SEARCH = Statement(
+    text(
+        "SELECT * FROM citechat_search(:org, :query, :vector, :model, :candidates, :dense_candidates,"
+        " :lexical_candidates, :lexical_pool, :match_terms, :match_budget, :dense_weight, :top_k)"
+    )
 )
-SELECT c.id, c.document_id, c.text, c.start_page, c.end_page, c.page_label, d.name AS document_name,
-       fused.score, fused.similarity
-FROM fused
-JOIN chunks c ON c.id = fused.id
-JOIN documents d ON d.id = c.document_id
-ORDER BY score DESC, c.id
-LIMIT :top_k
-""")
-
-# The model that built the index (refused if it is not the configured one), and, for the search's transaction
-# only, how deep the dense ranking's HNSW scan goes and how the search is planned.
-# The index holds every organization's chunks and pgvector (0.6) filters the scan's nearest ``ef_search`` by
-# organization afterwards, so an organization with a fifth of the chunks got ~20 of its 100 candidates: the scan
-# goes deeper in proportion to how small the organization's share is (a quarter more, for the spread; at most
-# pgvector's 1,000). Small organizations are ranked exactly (the planner reads their chunks through the
-# organization index), provided each search is planned for its organization: a prepared statement's generic plan,
-# chosen after five runs on a connection, would not know whose chunks it reads.
-_SEARCH_SETTINGS = text("""
-SELECT (SELECT model FROM embedding_index WHERE id = 1) AS model,
-       set_config('hnsw.ef_search', (
-           CASE WHEN own.chunks >= total.chunks THEN :candidates
-                ELSE least(1000, ceil(1.25 * :candidates * total.chunks / greatest(own.chunks, 1))) END
-       )::int::text, true),
-       set_config('plan_cache_mode', 'force_custom_plan', true)
-FROM (SELECT greatest(coalesce(sum(chunks), 0), 1) AS chunks FROM index_stats) AS total,
-     (SELECT coalesce(max(chunks), 0) AS chunks FROM index_stats WHERE organization_id = :org) AS own
-""")
+_OTHER_MODEL = "CC001"  # the SQLSTATE it refuses another model's index with (the recorded model in its DETAIL)
 
 # Keeping BM25's statistics in step with the chunks (see ``_forget`` and ``ingest``).
 _COUNT_IN = text("""
@@ -156,12 +90,14 @@ class LocalIndex:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        statements: Runner,
         embedder: Embedder,
         *,
         chunk_size: int = 200,
         chunk_overlap: int = 0,
     ) -> None:
-        self._sessions, self._embedder = sessions, embedder
+        """``sessions`` for indexing, ``statements`` for searching (one statement each, on the answer path's pool)."""
+        self._sessions, self._statements, self._embedder = sessions, statements, embedder
         self._chunk_size, self._chunk_overlap = chunk_size, chunk_overlap
 
     @property
@@ -257,12 +193,14 @@ class LocalIndex:
         self, organization: Organization, query: str, vector: list[float], top_k: int, *, mode: SearchMode = "hybrid"
     ) -> list[NodeWithScore]:
         """``search`` with the query's embedding already computed (by the configured model: an index built by
-        another is refused, in the search's own transaction)."""
+        another is refused, by the search itself)."""
         candidates = max(CANDIDATES, top_k)
         params = {
             "query": query,
             "vector": str(vector),
             "org": organization.id,
+            "model": self._embedder.model_name,
+            "candidates": candidates,
             "dense_candidates": candidates if mode != "lexical" else 0,
             "lexical_candidates": candidates if mode != "dense" else 0,
             "lexical_pool": LEXICAL_POOL,
@@ -271,10 +209,12 @@ class LocalIndex:
             "dense_weight": DENSE_WEIGHT,
             "top_k": top_k,
         }
-        async with self._sessions() as db, db.begin():
-            settings = {"org": organization.id, "candidates": candidates}
-            self._refuse_other_model(await db.scalar(_SEARCH_SETTINGS, settings))
-            rows = (await db.execute(_HYBRID, params)).all()
+        try:
+            rows = await self._statements.fetch(_SEARCH, params)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _OTHER_MODEL:
+                self._refuse_other_model(exc.detail)
+            raise
         return [_node(row) for row in rows]
 
     async def check_model(self) -> None:
@@ -325,16 +265,16 @@ def _embedding_text(document_name: str, passage: str) -> str:
     return f"{document_name}\n{passage}"
 
 
-def _node(row) -> NodeWithScore:
+def _node(row: asyncpg.Record) -> NodeWithScore:
     return make_node(
-        chunk_id=str(row.id),
-        text=row.text,
-        score=round(float(row.score), 4),
-        document_id=str(row.document_id),
-        document_name=row.document_name,
-        start_page=row.start_page,
-        end_page=row.end_page,
-        page_label=row.page_label,
-        similarity=None if row.similarity is None else round(float(row.similarity), 4),
+        chunk_id=str(row["id"]),
+        text=row["text"],
+        score=round(row["score"], 4),
+        document_id=str(row["document_id"]),
+        document_name=row["document_name"],
+        start_page=row["start_page"],
+        end_page=row["end_page"],
+        page_label=row["page_label"],
+        similarity=None if row["similarity"] is None else round(row["similarity"], 4),
         backend="local",
     )
