@@ -108,13 +108,12 @@ class TimedRetriever(BaseRetriever):
         raise NotImplementedError("citechat retrievers are async: call aretrieve()")
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        anticipated, self._anticipated = self._anticipated, None
-        if anticipated is not None and anticipated[0] == query_bundle.query_str:
-            nodes, self.started, self.finished = await anticipated[1]
-            return nodes
-        if anticipated is not None:
-            anticipated[1].cancel()
-        nodes, self.started, self.finished = await self._timed(query_bundle)
+        if self._anticipated is not None and self._anticipated[0] == query_bundle.query_str:
+            search, self._anticipated = self._anticipated[1], None
+        else:
+            self.forget()  # anticipated another query, or nothing
+            search = self._timed(query_bundle)
+        nodes, self.started, self.finished = await search
         return nodes
 
     async def _timed(self, query_bundle: QueryBundle) -> tuple[list[NodeWithScore], float, float]:
