@@ -98,9 +98,9 @@ async def test_a_worse_run_fails_and_says_why(smoke, postgres_url: str, tmp_path
         postgres_url=postgres_url, data_dir=tmp_path,
     )  # fmt: skip
     assert code == 1, stderr[-3000:]
-    assert "FAILED: default/strict/false_refusal_rate regressed from 0.15 to" in stderr
+    assert "FAILED: default/strict/false_refusal_rate regressed from 0.2 to" in stderr
     assert "FAILED: default/strict/token_f1 regressed" in stderr
-    assert "FAILED: default/balanced/refusal_accuracy = 0.4 is below its threshold 1" in stderr
+    assert "FAILED: default/balanced/refusal_accuracy = 0.8 is below its threshold 1" in stderr
     assert "balanced/token_f1" not in stderr  # the change touched Strict only
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["gate"]["passed"] is False and "- FAILED:" in (tmp_path / "out" / "report.md").read_text()

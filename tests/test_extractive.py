@@ -104,6 +104,31 @@ def test_one_generic_shared_word_is_not_relevant() -> None:
     assert result.text == NOTHING_FOUND
 
 
+def test_a_heading_is_never_quoted() -> None:
+    """A heading names a topic and states nothing: "Orbital Bakery Annual Report 2023" is no answer to what the
+    bakery's profit was, however many of the question's words it holds."""
+    passage = "Orbital Bakery Annual Report 2023\nThe bakery opened a second shop in Leith during the year."
+
+    assert answer("What was Orbital Bakery's net profit in 2023?", [passage]).text == NOTHING_FOUND
+    assert answer("What did Orbital Bakery open in 2023?", [passage]).text == (
+        "The bakery opened a second shop in Leith during the year [1]."
+    )
+
+
+def test_a_heading_still_weighs_the_question_terms() -> None:
+    """Headings stay among the sentences that decide how rare each question term is: a term found only in a
+    heading is not weighted as if the passages never mentioned it, which would make every other sentence's share
+    of the question smaller."""
+    passages = [
+        "Northwind Labs Travel Policy\nStaff may book economy flights for trips under six hours.",
+        "Hotel costs are refunded up to 150 dollars per night.",
+    ]
+
+    result = answer("What flights may staff book under the Northwind Labs travel policy?", passages)
+
+    assert result.text == "Staff may book economy flights for trips under six hours [1]."
+
+
 @pytest.mark.parametrize("passages", [[], [""], ["   \n\n  "]])
 def test_no_passages_says_so(passages: list[str]) -> None:
     result = answer("What was the revenue in 2023?", passages)

@@ -84,21 +84,24 @@ def answer(question: str, passages: Sequence[str], *, max_sentences: int = 3) ->
     """The best ``max_sentences`` sentences of ``passages`` for ``question``, each cited, most relevant first.
 
     A sentence is quoted only if it covers ``MIN_RELEVANCE`` of the question's weight, scores at least
-    ``RELATIVE_CUT`` of the best sentence and does not repeat a sentence already quoted. Output is ordered by
+    ``RELATIVE_CUT`` of the best sentence, does not repeat a sentence already quoted and is not a heading: a
+    heading names a topic and states nothing, so quoting one ("Orbital Bakery Annual Report 2023") answered
+    questions the documents cannot answer. Headings still count when weighing the question's terms (a term only a
+    heading holds is not one the passages never mention). Output is ordered by
     score rather than by document position: the sentences usually come from different sources, so there is no
     shared reading order to keep, and the reader should meet the most direct answer first.
     """
     candidates = [
-        (sentence, source, position)
+        (sentence, source, position, heading)
         for source, passage in enumerate(passages, start=1)
-        for position, sentence in enumerate(split_sentences(passage))
+        for position, (sentence, heading) in enumerate(_sentences(passage))
         if len(_WORD.findall(sentence)) >= 2
     ]
     query = set(content_terms(question))
     if not candidates or not query or max_sentences < 1:
         return ExtractiveAnswer(NOTHING_FOUND, (), found=False)
 
-    sentence_terms = [set(content_terms(sentence)) for sentence, _, _ in candidates]
+    sentence_terms = [set(content_terms(candidate[0])) for candidate in candidates]
     document_frequency = Counter(term for terms in sentence_terms for term in terms & query)
     total = len(candidates)
     weight = {
@@ -111,9 +114,9 @@ def answer(question: str, passages: Sequence[str], *, max_sentences: int = 3) ->
     query_weight = math.fsum(weight.values())
 
     scored = []
-    for (sentence, source, position), terms in zip(candidates, sentence_terms, strict=True):
+    for (sentence, source, position, heading), terms in zip(candidates, sentence_terms, strict=True):
         relevance = math.fsum(weight[term] for term in terms & query) / query_weight
-        if relevance >= MIN_RELEVANCE:
+        if relevance >= MIN_RELEVANCE and not heading:
             scored.append((relevance + RANK_BONUS / source, source, position, sentence))
     scored.sort(key=lambda item: (-item[0], item[1], item[2]))
     best = scored[0][0] if scored else 0.0
@@ -143,36 +146,43 @@ def split_sentences(passage: str) -> list[str]:
     followed by a capital or digit, unless the dot belongs to an abbreviation ("e.g.", "Inc.", "U.S."): merging
     two sentences quotes a little too much, splitting one quotes a fragment.
     """
-    sentences: list[str] = []
-    for unit in _units(passage):
+    return [sentence for sentence, _ in _sentences(passage)]
+
+
+def _sentences(passage: str) -> list[tuple[str, bool]]:
+    """``split_sentences``, each sentence with whether it is a heading."""
+    sentences: list[tuple[str, bool]] = []
+    for unit, heading in _units(passage):
         start = 0
         for match in _BOUNDARY.finditer(unit):
             end = match.start() + 1
             if _is_abbreviation(unit[start:end]):
                 continue
-            sentences.append(unit[start : match.end()].strip())
+            sentences.append((unit[start : match.end()].strip(), heading))
             start = match.end()
-        sentences.append(unit[start:].strip())
-    return [sentence for sentence in sentences if sentence]
+        sentences.append((unit[start:].strip(), heading))
+    return [(sentence, heading) for sentence, heading in sentences if sentence]
 
 
-def _units(passage: str) -> list[str]:
-    """Blocks of text no sentence crosses, each on one line."""
-    units: list[str] = []
+def _units(passage: str) -> list[tuple[str, bool]]:
+    """Blocks of text no sentence crosses, each on one line, with whether it is a heading."""
+    units: list[tuple[str, bool]] = []
     current: list[str] = []
     lines = [line.strip() for line in passage.splitlines()]
     for index, line in enumerate(lines):
         following = lines[index + 1] if index + 1 < len(lines) else ""
-        standalone = bool(_TABLE_LINE.search(line)) or _is_heading(line, current, following)
+        table = bool(_TABLE_LINE.search(line))
+        heading = not table and _is_heading(line, current, following)
+        standalone = table or heading
         if not line or standalone or _BULLET.match(line):
-            units.append(" ".join(current))
+            units.append((" ".join(current), False))
             current = []
         if standalone:
-            units.append(line)
+            units.append((line, heading))
         elif line:
             current.append(_BULLET.sub("", line))
-    units.append(" ".join(current))
-    return [" ".join(unit.split()) for unit in units if unit.strip()]
+    units.append((" ".join(current), False))
+    return [(" ".join(unit.split()), heading) for unit, heading in units if unit.strip()]
 
 
 def _is_heading(line: str, current: list[str], following: str) -> bool:
