@@ -174,6 +174,27 @@ async def test_conversation_cites_the_right_page_each_turn(client, asker):
     assert [m["role"] for m in history] == ["user", "assistant"] * 3
 
 
+async def test_a_strict_follow_up_is_searched_with_the_question_before_it(client, asker):
+    """Without a model to rewrite it, "Where was that?" is searched (and its sentences weighed) joined to the
+    question asked before it: asked alone, it names nothing to search for, and Strict refused it."""
+    headers, session = asker
+    asked = []
+    for question in ("How far did the glacier retreat?", "Where was that?"):
+        response = await client.post(
+            f"{API}/message",
+            params={"session_id": session["id"]},
+            json={"question": question, "mode": "strict"},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        asked.append(response.json())
+    first, follow_up = asked
+    assert "312 metres" in first["content"] and "condense_ms" not in first["metadata"]["timings"]
+    assert follow_up["content"] != REFUSAL and "Vatnajokull outlet" in follow_up["content"]
+    assert next(s["page_number"] for s in follow_up["sources"] if s["cited"]) == 3
+    assert "condense_ms" in follow_up["metadata"]["timings"]
+
+
 async def test_session_mode_is_the_default(client, asker):
     headers, session = asker
     await client.patch(f"{API}/session/{session['id']}", json={"mode": "creative"}, headers=headers)

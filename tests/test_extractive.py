@@ -8,6 +8,7 @@ from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from citechat.pipeline.engine import with_previous_question
 from citechat.pipeline.extractive import NOTHING_FOUND, ExtractiveLLM, answer, split_sentences
 
 PASSAGES = [
@@ -293,3 +294,15 @@ def test_answers_never_contain_words_absent_from_the_passages() -> None:
         result = answer(question, PASSAGES)
         assert result.found
         assert set(re.findall(r"\w+", result.text)) <= vocabulary | {str(n) for n in range(1, len(PASSAGES) + 1)}
+
+
+def test_a_follow_up_is_joined_to_the_question_before_it() -> None:
+    history = [
+        ChatMessage(role=MessageRole.USER, content="What was the revenue in 2023?"),
+        ChatMessage(role=MessageRole.ASSISTANT, content="Revenue rose to 7.4 million dollars in 2023 [2]."),
+    ]
+    follow_up = with_previous_question(history, "And what drove the increase?")
+
+    assert follow_up == "What was the revenue in 2023? And what drove the increase?"
+    assert with_previous_question(history[1:], "And what drove the increase?") == "And what drove the increase?"
+    assert answer(follow_up, PASSAGES).text.startswith("Revenue rose to 7.4 million dollars in 2023 [2].")

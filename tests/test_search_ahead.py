@@ -87,32 +87,31 @@ async def test_an_anticipated_search_for_another_query_or_forgotten_is_cancelled
 
 def test_when_a_search_ahead_is_worth_it():
     ahead, user, session = SearchAhead(refusal_s=0.2), uuid.uuid4(), uuid.uuid4()
-    assert ahead.worth_it(user, session, condensing=True)
+    assert ahead.worth_it(user, session)
     ahead.asked(session)  # the next question in it is a follow-up
-    assert not ahead.worth_it(user, session, condensing=True)  # searched only once condensed
-    assert ahead.worth_it(user, session, condensing=False)  # asked as it is: searched ahead still
+    assert not ahead.worth_it(user, session)  # searched only once condensed
     other_session = uuid.uuid4()
     ahead.refused(user)
-    assert not ahead.worth_it(user, other_session, condensing=False)
-    assert ahead.worth_it(uuid.uuid4(), other_session, condensing=False)  # others are not held back
+    assert not ahead.worth_it(user, other_session)
+    assert ahead.worth_it(uuid.uuid4(), other_session)  # others are not held back
     time.sleep(0.25)
-    assert ahead.worth_it(user, other_session, condensing=False)  # forgiven after a while
+    assert ahead.worth_it(user, other_session)  # forgiven after a while
 
 
 async def test_only_a_few_searches_ahead_at_once():
     ahead, session = SearchAhead(at_once=2), uuid.uuid4()
     searches = [asyncio.get_running_loop().create_future() for _ in range(2)]
     for search in searches:
-        assert ahead.worth_it(uuid.uuid4(), session, condensing=False)
+        assert ahead.worth_it(uuid.uuid4(), session)
         ahead.track(search)
-    assert not ahead.worth_it(uuid.uuid4(), session, condensing=False)  # a burst: the rest wait for admission
+    assert not ahead.worth_it(uuid.uuid4(), session)  # a burst: the rest wait for admission
     searches[0].cancel()  # nobody took it
     await asyncio.sleep(0)
-    assert ahead.worth_it(uuid.uuid4(), session, condensing=False)
+    assert ahead.worth_it(uuid.uuid4(), session)
     searches[1].set_result([])
     await asyncio.sleep(0)
     ahead.track(asyncio.get_running_loop().create_future())
-    assert ahead.worth_it(uuid.uuid4(), session, condensing=False)  # one under way, room for another
+    assert ahead.worth_it(uuid.uuid4(), session)  # one under way, room for another
 
 
 def test_search_ahead_remembers_a_bounded_number():
@@ -121,9 +120,9 @@ def test_search_ahead_remembers_a_bounded_number():
     for user, session in zip(users, sessions, strict=True):
         ahead.refused(user)
         ahead.asked(session)
-    assert ahead.worth_it(users[0], sessions[0], condensing=True)  # the oldest were forgotten
-    assert not any(ahead.worth_it(u, uuid.uuid4(), condensing=False) for u in users[1:])
-    assert not any(ahead.worth_it(uuid.uuid4(), s, condensing=True) for s in sessions[1:])
+    assert ahead.worth_it(users[0], sessions[0])  # the oldest were forgotten
+    assert not any(ahead.worth_it(u, uuid.uuid4()) for u in users[1:])
+    assert not any(ahead.worth_it(uuid.uuid4(), s) for s in sessions[1:])
 
 
 async def test_only_searches_that_cost_nothing_are_made_ahead(app):

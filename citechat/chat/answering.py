@@ -146,10 +146,7 @@ class Answering:
         model = self.llms.choose(request.model)
         watch, retriever = self.telemetry.start_answer(), self._retriever(principal)
         with self._admitting(principal, watch, retriever):
-            condensing = self.llms.name != EXTRACTIVE  # the extractive answerer asks as asked
-            if self.index.free_search and self.search_ahead.worth_it(
-                principal.user_id, session_id, condensing=condensing
-            ):
+            if self.index.free_search and self.search_ahead.worth_it(principal.user_id, session_id):
                 # Searched while it is admitted (the engine takes it unless the question is condensed first): the
                 # search costs only this machine's work, and the model is asked a round trip sooner.
                 self.search_ahead.track(retriever.anticipate(request.question))

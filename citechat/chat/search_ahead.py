@@ -6,8 +6,9 @@ nothing but this machine's work (``IndexBackend.free_search``: no paid call) and
 - not for a caller refused lately: refusals cost no quota, so a caller who keeps being refused (a spent quota, an
   archived or unknown session) would keep the embedder busy for nothing. After a refusal, their questions wait for
   admission for ``refusal_s`` seconds;
-- not in a session already asked in, when the model condenses follow-ups: the search is then for the condensed
-  question, not for the one asked. Only sessions this process has admitted a question in are known;
+- not in a session already asked in: a follow-up is searched condensed (rewritten by the model, or joined to the
+  question before it when there is no model), not as asked. Only sessions this process has admitted a question in
+  are known;
 - not beyond ``at_once`` searches ahead under way: when many questions arrive together, the rest wait for their
   admission, as every question did before. Uncapped, 16 questions sent at the same moment got their first token
   later than without searching ahead (median of four bursts 511 against 378 ms; cause not pinned down: all the
@@ -30,9 +31,9 @@ class SearchAhead:
         self._refused: OrderedDict[uuid.UUID, float] = OrderedDict()  # user -> monotonic time it is forgotten
         self._asked: OrderedDict[uuid.UUID, None] = OrderedDict()  # sessions with a question admitted
 
-    def worth_it(self, user_id: uuid.UUID, session_id: uuid.UUID, *, condensing: bool) -> bool:
-        """Whether to search this question ahead (``condensing``: the model condenses follow-ups)."""
-        if self._under_way >= self._at_once or (condensing and session_id in self._asked):
+    def worth_it(self, user_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+        """Whether to search this question ahead."""
+        if self._under_way >= self._at_once or session_id in self._asked:
             return False
         until = self._refused.get(user_id)
         if until is not None and until <= time.monotonic():

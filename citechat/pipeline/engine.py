@@ -4,7 +4,8 @@ The engine gets the organization's retriever, the session's recent messages as h
 templates and the configured LLM. Two node postprocessors shape what the model sees: ``SourceGate`` applies the
 Strict mode's relevance threshold (no source left: the fixed refusal is answered and no model is called), and
 ``NumberSources`` puts a ``[n] document, page`` header on each passage so the answer can cite it. The extractive
-answerer reads the passages themselves, and skips condensing: it has no model to rewrite a follow-up with.
+answerer reads the passages themselves; having no model to rewrite a follow-up with, it searches (and weighs its
+sentences against) the follow-up joined to the question asked before it.
 
 The engine does what LlamaIndex's does up to the model call (memory, condensing, retrieval, postprocessing, the
 context prompt: ``ChatEngine.context_messages``); the answer is then streamed from the LLM directly. LlamaIndex's
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.chat_engine.utils import get_prefix_messages_with_context
-from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.prompts import ChatPromptTemplate
@@ -168,9 +169,20 @@ class ChatEngine(CondensePlusContextChatEngine):
         if self._skip_condense or not chat_history:
             return latest_message
         with self.telemetry.stage_span("citechat.condense", content={"citechat.question": latest_message}) as span:
-            question = await super()._acondense_question(chat_history, latest_message)
+            if isinstance(self._llm, ExtractiveLLM):
+                question = with_previous_question(chat_history, latest_message)
+            else:
+                question = await super()._acondense_question(chat_history, latest_message)
             self.telemetry.content(span, {"citechat.query": question})
             return question
+
+
+def with_previous_question(history: list[ChatMessage], question: str) -> str:
+    """A follow-up made searchable without a model: the user's previous question, then this one ("What was the
+    bakery's revenue in 2023? And what was it the year before?"). Searched alone, "And what was it the year
+    before?" found passages about other years of other documents, and Strict refused every follow-up."""
+    previous = next((m.content for m in reversed(history) if m.role == MessageRole.USER and m.content), None)
+    return f"{previous} {question}" if previous else question
 
 
 @dataclass
@@ -195,13 +207,11 @@ async def generate(
     telemetry: Telemetry = NO_TELEMETRY,
 ) -> Generation:
     """``retriever`` may have anticipated the question (``TimedRetriever.anticipate``): it is taken unless the
-    question is condensed first (a follow-up, with a model to rewrite it), which cancels it."""
+    question is condensed first (a follow-up), which cancels it."""
     policy = POLICIES[mode]
     numbering = NumberSources()
     extractive = isinstance(llm, ExtractiveLLM)
-    if extractive:
-        llm.question = question
-    condensing = bool(history) and not extractive
+    condensing = bool(history)
     if condensing:
         retriever.forget()
     clock = time.perf_counter()
@@ -212,7 +222,6 @@ async def generate(
         context_prompt=prompts.context,
         condense_prompt=prompts.condense,
         memory=ChatMemoryBuffer.from_defaults(llm=llm),
-        skip_condense=extractive,
         node_postprocessors=[
             SourceGate(min_similarity=min_similarity if policy.refuses_without_relevant_source else None),
             *([_FeedPassages(llm=llm)] if extractive else []),
@@ -247,11 +256,13 @@ _NO_SOURCES = "There are no documents to answer from yet: upload some, then ask 
 
 
 class _FeedPassages(_OnTheLoop):
-    """Hands the passages to the extractive answerer (it answers from them, not from a prompt)."""
+    """Hands the extractive answerer what was searched and the passages found (it answers from them, not from a
+    prompt)."""
 
     llm: ExtractiveLLM
 
     def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None):
+        self.llm.question = query_bundle.query_str if query_bundle is not None else ""
         self.llm.passages = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         return nodes
 
