@@ -28,6 +28,15 @@ async def asker(client, identity):
     return await new_conversation(client, identity)
 
 
+async def ask(client, headers, session, question: str, **body) -> dict:
+    """Asks for the completed answer (``POST /message``, the session's mode unless told) and returns it."""
+    response = await client.post(
+        f"{API}/message", params={"session_id": session["id"]}, json={"question": question} | body, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 async def stream_question(
     client, headers, session, question: str = "How far did the glacier retreat?", **body
 ) -> list[tuple[int, str, dict]]:
@@ -53,14 +62,7 @@ def parse_sse(body: str) -> list[tuple[int, str, dict]]:
 async def test_answer_cites_the_right_page(client, asker):
     headers, session = asker
     question = "How much did the glacier retreat at the Vatnajokull outlet?"
-    response = await client.post(
-        f"{API}/message",
-        params={"session_id": session["id"]},
-        json={"question": question, "mode": "balanced"},
-        headers=headers,
-    )
-    assert response.status_code == 200, response.text
-    answer = response.json()
+    answer = await ask(client, headers, session, question, mode="balanced")
     assert (answer["role"], answer["status"], answer["model_used"]) == ("assistant", "completed", "extractive")
     assert "312 metres" in answer["content"] and "[" in answer["content"]
     cited = [s for s in answer["sources"] if s["cited"]]
@@ -109,13 +111,7 @@ async def test_stream_events_in_order(client, asker):
 
 async def test_strict_refuses_without_relevant_sources(client, asker):
     headers, session = asker
-    response = await client.post(
-        f"{API}/message",
-        params={"session_id": session["id"]},
-        json={"question": "Which opera did Verdi write in 1853?", "mode": "strict"},
-        headers=headers,
-    )
-    answer = response.json()
+    answer = await ask(client, headers, session, "Which opera did Verdi write in 1853?", mode="strict")
     assert answer["content"] == REFUSAL and answer["sources"] == []
     assert answer["metadata"]["refused"] is True and answer["status"] == "completed"
 
@@ -163,11 +159,7 @@ async def test_conversation_cites_the_right_page_each_turn(client, asker):
         ("What did the bakery's quarterly revenue rise to?", 2, "7.4 million"),
         ("How many storms did the lighthouse keeper log?", 1, "forty storms"),
     ]:
-        answer = (
-            await client.post(
-                f"{API}/message", params={"session_id": session["id"]}, json={"question": question}, headers=headers
-            )
-        ).json()
+        answer = await ask(client, headers, session, question)
         assert fact in answer["content"]
         assert next(s["page_number"] for s in answer["sources"] if s["cited"]) == page
     history = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
@@ -178,17 +170,8 @@ async def test_a_strict_follow_up_is_searched_with_the_question_before_it(client
     """Without a model to rewrite it, "Where was that?" is searched (and its sentences weighed) joined to the
     question asked before it: asked alone, it names nothing to search for, and Strict refused it."""
     headers, session = asker
-    asked = []
-    for question in ("How far did the glacier retreat?", "Where was that?"):
-        response = await client.post(
-            f"{API}/message",
-            params={"session_id": session["id"]},
-            json={"question": question, "mode": "strict"},
-            headers=headers,
-        )
-        assert response.status_code == 200, response.text
-        asked.append(response.json())
-    first, follow_up = asked
+    first = await ask(client, headers, session, "How far did the glacier retreat?", mode="strict")
+    follow_up = await ask(client, headers, session, "Where was that?", mode="strict")
     assert "312 metres" in first["content"] and "condense_ms" not in first["metadata"]["timings"]
     assert follow_up["content"] != REFUSAL and "Vatnajokull outlet" in follow_up["content"]
     assert next(s["page_number"] for s in follow_up["sources"] if s["cited"]) == 3
@@ -198,11 +181,7 @@ async def test_a_strict_follow_up_is_searched_with_the_question_before_it(client
 async def test_session_mode_is_the_default(client, asker):
     headers, session = asker
     await client.patch(f"{API}/session/{session['id']}", json={"mode": "creative"}, headers=headers)
-    answer = (
-        await client.post(
-            f"{API}/message", params={"session_id": session["id"]}, json={"question": "glacier?"}, headers=headers
-        )
-    ).json()
+    answer = await ask(client, headers, session, "glacier?")
     assert answer["metadata"]["mode"] == "creative" and answer["temperature_used"] == 0.9
 
 
