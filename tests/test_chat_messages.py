@@ -178,6 +178,17 @@ async def test_a_strict_follow_up_is_searched_with_the_question_before_it(client
     assert "condense_ms" in follow_up["metadata"]["timings"]
 
 
+async def test_a_new_question_in_a_conversation_is_searched_as_asked(client, asker):
+    """Joined to the question about the lighthouse, the enzyme question searched the lighthouse's page and Strict
+    found nothing to say; asked as it is, it is answered from the trial's page."""
+    headers, session = asker
+    first = await ask(client, headers, session, "How many storms did the lighthouse keeper log?", mode="strict")
+    second = await ask(client, headers, session, "What reduction did patients on the enzyme show?", mode="strict")
+    assert "forty storms" in first["content"]
+    assert "38 percent reduction" in second["content"] and "forty storms" not in second["content"]
+    assert next(s["page_number"] for s in second["sources"] if s["cited"]) == 4
+
+
 async def test_session_mode_is_the_default(client, asker):
     headers, session = asker
     await client.patch(f"{API}/session/{session['id']}", json={"mode": "creative"}, headers=headers)

@@ -98,7 +98,7 @@ async def test_a_worse_run_fails_and_says_why(smoke, postgres_url: str, tmp_path
         postgres_url=postgres_url, data_dir=tmp_path,
     )  # fmt: skip
     assert code == 1, stderr[-3000:]
-    assert "FAILED: default/strict/false_refusal_rate regressed from 0 to 1" in stderr
+    assert "FAILED: default/strict/false_refusal_rate regressed from 0.1 to" in stderr
     assert "FAILED: default/strict/token_f1 regressed" in stderr
     assert "FAILED: default/balanced/refusal_accuracy = 0.8 is below its threshold 1" in stderr
     assert "balanced/token_f1" not in stderr  # the change touched Strict only

@@ -296,13 +296,30 @@ def test_answers_never_contain_words_absent_from_the_passages() -> None:
         assert set(re.findall(r"\w+", result.text)) <= vocabulary | {str(n) for n in range(1, len(PASSAGES) + 1)}
 
 
-def test_a_follow_up_is_joined_to_the_question_before_it() -> None:
-    history = [
-        ChatMessage(role=MessageRole.USER, content="What was the revenue in 2023?"),
-        ChatMessage(role=MessageRole.ASSISTANT, content="Revenue rose to 7.4 million dollars in 2023 [2]."),
-    ]
-    follow_up = with_previous_question(history, "And what drove the increase?")
+HISTORY = [
+    ChatMessage(role=MessageRole.USER, content="What was the revenue in 2023?"),
+    ChatMessage(role=MessageRole.ASSISTANT, content="Revenue rose to 7.4 million dollars in 2023 [2]."),
+]
 
-    assert follow_up == "What was the revenue in 2023? And what drove the increase?"
-    assert with_previous_question(history[1:], "And what drove the increase?") == "And what drove the increase?"
+
+@pytest.mark.parametrize(
+    "follow_up",
+    ["And what drove the increase?", "What about 2022?", "What drove it?", "How did they grow it?", "Why so?"],
+)
+def test_a_follow_up_that_refers_back_is_joined_to_the_question_before_it(follow_up: str) -> None:
+    assert with_previous_question(HISTORY, follow_up) == f"What was the revenue in 2023? {follow_up}"
+    assert with_previous_question(HISTORY[1:], follow_up) == follow_up  # no question before it
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["When does the cafeteria open?", "Is there a policy that covers parking?", "What is this report's headcount?"],
+)
+def test_a_new_question_is_searched_as_asked(question: str) -> None:
+    assert with_previous_question(HISTORY, question) == question
+
+
+def test_a_joined_follow_up_finds_what_it_refers_to() -> None:
+    follow_up = with_previous_question(HISTORY, "And what drove the increase?")
+
     assert answer(follow_up, PASSAGES).text.startswith("Revenue rose to 7.4 million dollars in 2023 [2].")

@@ -6,9 +6,9 @@ nothing but this machine's work (``IndexBackend.free_search``: no paid call) and
 - not for a caller refused lately: refusals cost no quota, so a caller who keeps being refused (a spent quota, an
   archived or unknown session) would keep the embedder busy for nothing. After a refusal, their questions wait for
   admission for ``refusal_s`` seconds;
-- not in a session already asked in: a follow-up is searched condensed (rewritten by the model, or joined to the
-  question before it when there is no model), not as asked. Only sessions this process has admitted a question in
-  are known;
+- not in a session already asked in: a follow-up may be searched condensed (rewritten by the model, or, when
+  there is none, joined to the question before it if it refers back), not as asked. Only sessions this process
+  has admitted a question in are known;
 - not beyond ``at_once`` searches ahead under way: when many questions arrive together, the rest wait for their
   admission, as every question did before. Uncapped, 16 questions sent at the same moment got their first token
   later than without searching ahead (median of four bursts 511 against 378 ms; cause not pinned down: all the

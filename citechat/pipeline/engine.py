@@ -18,6 +18,7 @@ The memory is a plain ``ChatMemoryBuffer``: the engine's default ``Memory`` sets
 """
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from citechat.pipeline.chat_completions import ChatCompletionsLLM
 from citechat.pipeline.extractive import ExtractiveLLM
 from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptSet
+from citechat.pipeline.terms import content_terms
 from citechat.retrievers.base import RetrievalUnavailable
 from citechat.telemetry import NO_TELEMETRY, Telemetry
 
@@ -178,11 +180,26 @@ class ChatEngine(CondensePlusContextChatEngine):
 
 
 def with_previous_question(history: list[ChatMessage], question: str) -> str:
-    """A follow-up made searchable without a model: the user's previous question, then this one ("What was the
-    bakery's revenue in 2023? And what was it the year before?"). Searched alone, "And what was it the year
-    before?" found passages about other years of other documents, and Strict refused every follow-up."""
+    """A follow-up made searchable without a model: when it refers back to the conversation, the user's previous
+    question, then it ("What was the bakery's revenue in 2023? And what was it the year before?"); otherwise the
+    question as asked.
+
+    Searched alone, "And what was it the year before?" found passages about other years of other documents, and
+    Strict refused every follow-up; joined whatever it says, a new question in the same session ("What reduction
+    did patients on the enzyme show?" after one about a lighthouse) searched the earlier topic's pages and was
+    refused. A question refers back when it opens with "and", "but", "also", "so", "what about" or "how about",
+    holds a personal pronoun (it, they, he, she and their forms), or has no word of its own to search for ("Where
+    was that?"). "That", "this" and "there" do not count: they open or relate too many new questions ("Is there a
+    policy that covers travel?")."""
+    if _REFERS_BACK.search(question) is None and content_terms(question):
+        return question
     previous = next((m.content for m in reversed(history) if m.role == MessageRole.USER and m.content), None)
     return f"{previous} {question}" if previous else question
+
+
+_REFERS_BACK = re.compile(
+    r"^\W*(?:and|but|also|so|what about|how about)\b|\b(?:it|its|they|them|their|he|him|his|she|her)\b", re.IGNORECASE
+)
 
 
 @dataclass
