@@ -5,7 +5,7 @@ templates and the configured LLM. Two node postprocessors shape what the model s
 Strict mode's relevance threshold (no source left: the fixed refusal is answered and no model is called), and
 ``NumberSources`` puts a ``[n] document, page`` header on each passage so the answer can cite it. The extractive
 answerer reads the passages themselves; having no model to rewrite a follow-up with, it searches (and weighs its
-sentences against) the follow-up joined to the question asked before it.
+sentences against) a follow-up that refers back joined to the question asked before it.
 
 The engine does what LlamaIndex's does up to the model call (memory, condensing, retrieval, postprocessing, the
 context prompt: ``ChatEngine.context_messages``); the answer is then streamed from the LLM directly. LlamaIndex's

@@ -87,9 +87,9 @@ def answer(question: str, passages: Sequence[str], *, max_sentences: int = 3) ->
     ``RELATIVE_CUT`` of the best sentence, does not repeat a sentence already quoted and is not a heading: a
     heading names a topic and states nothing, so quoting one ("Orbital Bakery Annual Report 2023") answered
     questions the documents cannot answer. Headings still count when weighing the question's terms (a term only a
-    heading holds is not one the passages never mention). Output is ordered by
-    score rather than by document position: the sentences usually come from different sources, so there is no
-    shared reading order to keep, and the reader should meet the most direct answer first.
+    heading holds is not one the passages never mention). Output is ordered by score rather than by document
+    position: the sentences usually come from different sources, so there is no shared reading order to keep, and
+    the reader should meet the most direct answer first.
     """
     candidates = [
         (sentence, source, position, heading)
@@ -101,7 +101,7 @@ def answer(question: str, passages: Sequence[str], *, max_sentences: int = 3) ->
     if not candidates or not query or max_sentences < 1:
         return ExtractiveAnswer(NOTHING_FOUND, (), found=False)
 
-    sentence_terms = [set(content_terms(candidate[0])) for candidate in candidates]
+    sentence_terms = [set(content_terms(sentence)) for sentence, *_ in candidates]
     document_frequency = Counter(term for terms in sentence_terms for term in terms & query)
     total = len(candidates)
     weight = {
