@@ -1,5 +1,7 @@
 """The app's edges: health probes, error bodies, OpenAPI, CORS."""
 
+import uuid
+
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -81,6 +83,53 @@ async def test_openapi_documents_routes_and_errors(client: httpx.AsyncClient):
     assert {"ChatSession", "ChatMessage", "ChatSource", "ErrorBody"} <= set(spec["components"]["schemas"])
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_request_errors_are_answered_as_documented(client: httpx.AsyncClient, identity):
+    """Each error a client can provoke with its request has its status documented for that operation, in a shape
+    the document allows: a generated client parses what it gets (a schema fuzzer, schemathesis, found these
+    undocumented)."""
+    spec = (await client.get("/openapi.json")).json()
+    headers = identity()
+    session = (await client.get("/api/v1/chat/session", headers=headers)).json()
+
+    def documented(path: str, method: str, status: int) -> dict:
+        responses = spec["paths"][path][method]["responses"]
+        assert str(status) in responses, (method, path, status, sorted(responses))
+        return responses[str(status)]
+
+    unreadable = await client.post(
+        "/api/v1/chat/message",
+        params={"session_id": session["id"]},
+        content=b"\xff\xfe{",  # not even text (JSON that does not parse is a 422, a validation issue)
+        headers=headers | {"Content-Type": "application/json"},
+    )
+    assert unreadable.status_code == 400 and isinstance(unreadable.json()["detail"], str)
+    assert documented("/api/v1/chat/message", "post", 400)["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    for path in ("/api/v1/chat/message/stream", "/api/v1/documents", "/api/v1/chat/session/{session_id}"):
+        documented(path, "post" if "session_id" not in path else "patch", 400)
+
+    unknown_model = await client.post(
+        "/api/v1/chat/message",
+        params={"session_id": session["id"]},
+        json={"question": "hi", "model": "gpt-9"},
+        headers=headers,
+    )
+    assert unknown_model.status_code == 422 and isinstance(unknown_model.json()["detail"], str)
+    documented("/api/v1/chat/message", "post", 422)
+    detail = spec["components"]["schemas"]["HTTPValidationError"]["properties"]["detail"]
+    assert {"type": "string"} in detail["anyOf"] and any(d.get("type") == "array" for d in detail["anyOf"])
+
+    for path in ("/api/v1/chat/sessions", "/api/v1/documents"):
+        missing_cursor = await client.get(path, params={"before": str(uuid.uuid4())}, headers=headers)
+        assert missing_cursor.status_code == 404, path
+        documented(path, "get", 404)
+    documented("/api/v1/chat/message/{message_id}/retry", "post", 429)
+    update = spec["components"]["schemas"]["UpdateSession"]
+    assert update["anyOf"] == [{"required": ["title"]}, {"required": ["mode"]}]
+    assert (await client.patch(f"/api/v1/chat/session/{session['id']}", json={}, headers=headers)).status_code == 422
 
 
 async def test_cors_for_configured_origins_only(client: httpx.AsyncClient):

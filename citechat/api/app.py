@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from citechat.api import health
-from citechat.api.errors import install_error_handlers
+from citechat.api.errors import document_request_errors, install_error_handlers
 from citechat.auth import dev_tokens
 from citechat.auth.service import Authenticator
 from citechat.auth.tokens import JwksKeys, TokenVerifier, auth_secret
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, *, exporters: Exporters | None 
             allow_headers=["Authorization", "Content-Type", "X-Organization-ID", "Last-Event-ID"],
         )
     install_error_handlers(app)
+    document_request_errors(app)
     app.include_router(health.router)
     app.include_router(chat_routes.router)
     app.include_router(message_routes.router)

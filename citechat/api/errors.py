@@ -22,6 +22,32 @@ class ErrorBody(BaseModel):
     retry_after: int | None = None
 
 
+def document_request_errors(app: FastAPI) -> None:
+    """The OpenAPI schema's request errors as they are answered. FastAPI documents a 422 as its list of validation
+    issues; citechat also answers 422 with ``{"detail": "..."}`` for a value no schema can rule out (a model this
+    server does not serve, document metadata that is not an object), so ``detail`` is either. A body that cannot
+    be read at all (bytes that are not text, a broken multipart form) is a 400 (FastAPI's), documented on every
+    operation that takes a body."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        schema = generate()  # FastAPI's, made once and kept
+        validation = schema["components"]["schemas"].get("HTTPValidationError")
+        if validation is not None and "anyOf" not in validation["properties"]["detail"]:
+            issues = validation["properties"]["detail"]
+            validation["properties"]["detail"] = {"anyOf": [issues, {"type": "string"}], "title": "Detail"}
+            unreadable = {
+                "description": "The body could not be read (bytes that are not text, a broken multipart form).",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            }
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", unreadable)
+        return schema
+
+    app.openapi = openapi
+
+
 def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI documentation of the error statuses a route can answer with."""
     described = {

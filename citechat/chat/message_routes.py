@@ -52,7 +52,12 @@ async def stream_message(
     return await _stream(request, turn)
 
 
-@router.post("/message/{message_id}/retry", summary="Regenerate a failed (or the latest) answer", **_RETRY)
+@router.post(
+    "/message/{message_id}/retry",
+    summary="Regenerate a failed (or the latest) answer",
+    responses=error_responses(429),
+    **_RETRY,
+)
 async def retry_message(
     request: Request,
     response: Response,

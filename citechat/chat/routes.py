@@ -25,7 +25,7 @@ async def create_new_session(principal: CurrentPrincipal, db: DbSession) -> sche
     return await service.start_new(db, principal)
 
 
-@router.get("/sessions", summary="List sessions, newest first")
+@router.get("/sessions", summary="List sessions, newest first", responses=_owned)
 async def list_sessions(
     principal: CurrentPrincipal,
     db: DbSession,

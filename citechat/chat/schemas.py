@@ -106,6 +106,8 @@ class RetryMessage(BaseModel):
 
 
 class UpdateSession(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["title"]}, {"required": ["mode"]}]})
+
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = Field(
         default=None, description="The session's new title (1 to 255 characters, surrounding spaces removed)."
     )

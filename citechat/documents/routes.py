@@ -61,7 +61,7 @@ async def upload_document(
     return body
 
 
-@router.get("", summary="List documents, newest first")
+@router.get("", summary="List documents, newest first", responses=error_responses(404))
 async def list_documents(
     organization: CurrentOrganization,
     db: DbSession,
