@@ -60,6 +60,8 @@ def _unsigned(payload: dict) -> str:
         ("no sub", _bearer(jwt.encode(_payload(sub=None), TEST_SECRET))),
         ("empty sub", _bearer(jwt.encode(_payload(sub=""), TEST_SECRET))),
         ("orgs not a list", _bearer(jwt.encode(_payload(orgs="acme"), TEST_SECRET))),
+        ("NUL in sub", _bearer(jwt.encode(_payload(sub="u\x00"), TEST_SECRET))),  # PostgreSQL cannot store it
+        ("NUL in a name", _bearer(jwt.encode(_payload(name="Ada\x00"), TEST_SECRET))),
         (
             "RS256 without JWKS configured",
             _bearer(jwt.encode(_payload(), rsa.generate_private_key(65537, 2048), "RS256")),

@@ -82,6 +82,15 @@ async def test_invented_markers_are_removed(asking, model_server):
     assert [s["cited"] for s in answer["sources"]].count(True) == 1
 
 
+async def test_what_the_database_cannot_store_is_cleaned_from_the_answer(asking, model_server):
+    """A model's NUL character or half surrogate pair would fail the answer's final write: NUL is dropped, the half
+    pair becomes U+FFFD, and the answer is saved."""
+    model_server.queue_answers("The glacier\x00 retreated 312 metres \ud800 [1].")
+    answer = await asking("How far did the glacier retreat?", mode="balanced")
+    assert answer["status"] == "completed"
+    assert answer["content"] == "The glacier retreated 312 metres \ufffd [1]."
+
+
 async def test_memory_holds_the_last_five_messages(asking, model_server):
     questions = [f"Question number {i} about the glacier?" for i in range(1, 5)]
     for question in questions[:3]:

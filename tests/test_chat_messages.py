@@ -134,6 +134,20 @@ async def test_refusals_and_bad_input(client, asker, identity):
     assert messages == []  # nothing was stored for refused requests
 
 
+async def test_text_the_database_cannot_store_is_a_422_and_stores_nothing(client, asker):
+    """A NUL character, or half of a surrogate pair (a JSON escape can carry one), failed the question's insert:
+    a 500 after the question was admitted."""
+    headers, session = asker
+    url = f"{API}/message"
+    for raw, reason in [(b'{"question": "a\\u0000b"}', "nul"), (b'{"question": "a\\ud800b"}', "unicode")]:
+        json_headers = headers | {"Content-Type": "application/json"}
+        response = await client.post(url, params={"session_id": session["id"]}, content=raw, headers=json_headers)
+        assert response.status_code == 422 and reason in response.json()["detail"][0]["msg"].lower(), response.text
+    response = await client.patch(f"{API}/session/{session['id']}", json={"title": "a\x00b"}, headers=headers)
+    assert response.status_code == 422 and "NUL" in response.json()["detail"][0]["msg"]
+    assert (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json() == []
+
+
 async def test_models_of_the_extractive_default(client, asker):
     headers, session = asker
     assert (await client.get(f"{API}/models", headers=headers)).json() == {

@@ -169,9 +169,17 @@ async def test_rejected_uploads(client, org_headers, filename, content, status, 
 
 async def test_bad_metadata_and_missing_file(client, org_headers):
     _, headers = org_headers()
-    for metadata, message in [("{not json", "not valid JSON"), ("[1, 2]", "JSON object")]:
+    for metadata, message in [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"note": ["a\\u0000b"]}', "NUL"),  # PostgreSQL stores neither (a 500 before)
+        ('{"\\ud800": 1}', "surrogate"),
+    ]:
         response = await upload(client, headers, b"text", "a.txt", metadata=metadata)
         assert response.status_code == 422 and message in response.json()["detail"]
+    response = await upload(client, headers, b"text", "a.txt", name="a\x00b")
+    assert response.status_code == 422 and "NUL" in str(response.json()["detail"])
+    assert (await client.get(DOCS, headers=headers)).json() == []
     response = await client.post(DOCS, headers=headers, data={"name": "no file"})
     assert response.status_code == 422
 

@@ -1,8 +1,11 @@
 """Errors to HTTP, in one place: every error body is JSON ``{"detail": ...}`` and none carries internals."""
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -13,6 +16,16 @@ from citechat.errors import AuthenticationError, CitechatError, MissingCredentia
 from citechat.ratelimits.service import RateLimited
 
 log = logging.getLogger(__name__)
+
+
+class ErrorResponse(JSONResponse):
+    """An error's JSON, every character outside ASCII escaped: an error may quote what the caller sent (a
+    validation issue's ``input``, an unknown model's name), and half of a surrogate pair, which a JSON escape can
+    carry into a request, cannot be encoded as UTF-8; escaped, it is valid JSON still. Starlette's JSONResponse
+    failed on it, turning a 422 into a 500."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 class ErrorBody(BaseModel):
@@ -72,8 +85,8 @@ async def _citechat_error(request: Request, exc: CitechatError) -> JSONResponse:
         quota = exc.quota
         headers = quota.headers() | {"Retry-After": str(exc.retry_after)}
         body = {"detail": exc.detail, "limit": quota.scope, "reset_at": quota.reset_at.isoformat()}
-        return JSONResponse(body | {"retry_after": exc.retry_after}, status_code=429, headers=headers)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        return ErrorResponse(body | {"retry_after": exc.retry_after}, status_code=429, headers=headers)
+    return ErrorResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -86,25 +99,31 @@ async def _database_away(request: Request, exc: Exception) -> JSONResponse:
     """The connection lost or the server shutting down: through SQLAlchemy (``_database_error``), or on the answer
     path's asyncpg pool (``db.statements``)."""
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+    return ErrorResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
 
 
 async def _connection_error(request: Request, exc: OSError) -> JSONResponse:
     log.warning("connection failure during %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
+    return ErrorResponse({"detail": "a backing service is unavailable; try again shortly"}, status_code=503)
 
 
 async def _busy(request: Request, exc: PoolTimeout | PoolBusy) -> JSONResponse:
     log.warning("no database connection free in time during %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "the service is busy; try again shortly"}, status_code=503)
+    return ErrorResponse({"detail": "the service is busy; try again shortly"}, status_code=503)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error during %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
+    return ErrorResponse({"detail": "internal error"}, status_code=500)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, as FastAPI words it, rendered as every error is (``ErrorResponse``)."""
+    return ErrorResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(CitechatError, _citechat_error)
     app.add_exception_handler(DBAPIError, _database_error)
     for away in UNAVAILABLE:  # the answer path's asyncpg errors for the database away (OSError: just below)

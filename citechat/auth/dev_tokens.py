@@ -16,11 +16,12 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from citechat.api.errors import error_responses
 from citechat.auth.tokens import auth_secret, issue_token
+from citechat.db.text import Storable
 from citechat.errors import PermissionDenied
 from citechat.settings import Settings
 
 TOKEN_TTL = timedelta(days=1)
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), Storable]
 
 
 def enabled(settings: Settings) -> bool:

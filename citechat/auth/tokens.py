@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import jwt
 
+from citechat.db.text import unstorable
 from citechat.errors import AuthenticationError, ConfigurationError, ServiceUnavailable
 from citechat.settings import Settings
 
@@ -124,13 +125,17 @@ def _claims(payload: dict) -> Claims:
     if not isinstance(orgs, list) or not all(isinstance(o, str) and 0 < len(o) <= 255 for o in orgs):
         raise AuthenticationError("token `orgs` must be a list of organization ids")
     roles = payload.get("roles", [])
-    return Claims(
+    claims = Claims(
         subject=subject,
         organizations=tuple(orgs),
         name=_optional_str(payload.get("name")),
         email=_optional_str(payload.get("email")),
         roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
     )
+    for stored in (claims.subject, *claims.organizations, claims.name or "", claims.email or ""):
+        if (why := unstorable(stored)) is not None:  # provisioning would fail to write it
+            raise AuthenticationError(f"token claims {why}")
+    return claims
 
 
 def _optional_str(value: object) -> str | None:

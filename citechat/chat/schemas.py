@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
+from citechat.db.text import Storable
 from citechat.pipeline.citations import SUPPORT_THRESHOLD
 from citechat.pipeline.modes import ResponseMode
 
@@ -95,7 +96,7 @@ class Models(BaseModel):
 
 
 class SendMessage(BaseModel):
-    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+    question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000), Storable]
     mode: ResponseMode | None = Field(default=None, description="Default: the session's mode.")
     model: str | None = Field(default=None, description="Default: the configured model.")
 
@@ -108,8 +109,8 @@ class RetryMessage(BaseModel):
 class UpdateSession(BaseModel):
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["title"]}, {"required": ["mode"]}]})
 
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = Field(
-        default=None, description="The session's new title (1 to 255 characters, surrounding spaces removed)."
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), Storable] | None = (
+        Field(default=None, description="The session's new title (1 to 255 characters, surrounding spaces removed).")
     )
     mode: ResponseMode | None = Field(default=None, description="The session's default response mode.")
 

@@ -9,6 +9,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from citechat.db.text import cleaned
 from citechat.documents import formats
 from citechat.retrievers.base import IngestError
 
@@ -107,7 +108,7 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def _tidy(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    text = cleaned(text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", text).strip()

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from citechat.api.dependencies import CurrentPrincipal, DbSession, get_settings
 from citechat.api.errors import ErrorBody, error_responses
+from citechat.db.text import Storable
 from citechat.documents import schemas, service
 from citechat.retrievers.base import Organization
 from citechat.settings import Settings
@@ -38,7 +39,9 @@ async def upload_document(
     db: DbSession,
     settings: Annotated[Settings, Depends(get_settings)],
     file: Annotated[UploadFile, File(description="PDF, DOCX, Markdown, plain text or HTML.")],
-    name: Annotated[str | None, Form(max_length=500, description="Display name (default: the file name).")] = None,
+    name: Annotated[
+        str | None, Form(max_length=500, description="Display name (default: the file name)."), Storable
+    ] = None,
     metadata: Annotated[str | None, Form(description="A JSON object stored with the document.")] = None,
 ) -> schemas.Document:
     """Stores the file and indexes it in the background: poll the document until `ready` or `failed`."""

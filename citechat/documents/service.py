@@ -9,6 +9,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from citechat.db.text import unstorable, unstorable_json
 from citechat.documents import formats, models
 from citechat.errors import CitechatError, NotFound
 from citechat.retrievers.base import IndexBackend, Organization
@@ -37,6 +38,8 @@ def parse_metadata(raw: str | None) -> dict | None:
         raise InvalidUpload(f"metadata is not valid JSON: {exc.msg} at position {exc.pos}") from exc
     if not isinstance(value, dict):
         raise InvalidUpload("metadata must be a JSON object")
+    if (why := unstorable_json(value)) is not None:
+        raise InvalidUpload(f"metadata {why}")
     return value
 
 
@@ -56,6 +59,8 @@ async def accept_upload(
         raise UploadTooLarge(f"the file is {len(content) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
     if not content:
         raise InvalidUpload("the file is empty")
+    if (why := unstorable(filename)) is not None:
+        raise InvalidUpload(f"the file name {why}")
     content_type = formats.detect(content, filename)
     digest = hashlib.sha256(content).hexdigest()
     display_name = (name or filename or "untitled").strip()[:500] or "untitled"

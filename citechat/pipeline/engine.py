@@ -33,6 +33,7 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from pydantic import PrivateAttr
 
+from citechat.db.text import cleaned
 from citechat.pipeline.chat_completions import ChatCompletionsLLM
 from citechat.pipeline.extractive import ExtractiveLLM
 from citechat.pipeline.modes import POLICIES, ResponseMode
@@ -259,14 +260,15 @@ async def generate(
 
 async def _deltas(llm: LLM, messages: list[ChatMessage]) -> AsyncIterator[str]:
     """The answer's text as the model streams it (the request is sent when the first token is asked for): as text
-    from the Chat Completions client, through ``astream_chat`` from any other LLM."""
+    from the Chat Completions client, through ``astream_chat`` from any other LLM; cleaned of what the database
+    cannot store (``db.text.cleaned``), which would fail the answer's final write."""
     if isinstance(llm, ChatCompletionsLLM):
         async for delta in await llm.astream_text(messages):
-            yield delta
+            yield cleaned(delta)
         return
     async for chat in await llm.astream_chat(messages):
         if chat.delta:
-            yield chat.delta
+            yield cleaned(chat.delta)
 
 
 _NO_SOURCES = "There are no documents to answer from yet: upload some, then ask again."
