@@ -174,6 +174,8 @@ async def test_bad_metadata_and_missing_file(client, org_headers):
         ("[1, 2]", "JSON object"),
         ('{"note": ["a\\u0000b"]}', "NUL"),  # PostgreSQL stores neither (a 500 before)
         ('{"\\ud800": 1}', "surrogate"),
+        ('{"a": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32"),  # a 500 before (recursion)
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 32"),
     ]:
         response = await upload(client, headers, b"text", "a.txt", metadata=metadata)
         assert response.status_code == 422 and message in response.json()["detail"]

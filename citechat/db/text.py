@@ -31,15 +31,18 @@ Storable = AfterValidator(_check)
 
 def unstorable_json(value: object) -> str | None:
     """Why a parsed JSON value (keys and strings at any depth) cannot be stored, or None when it can."""
-    if isinstance(value, str):
-        return unstorable(value)
-    if isinstance(value, dict):
-        items = [*value.keys(), *value.values()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    return next((why for item in items if (why := unstorable_json(item)) is not None), None)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if (why := unstorable(item)) is not None:
+                return why
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
 
 
 def cleaned(text: str) -> str:
