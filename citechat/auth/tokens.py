@@ -163,11 +163,14 @@ _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_ttl(text: str) -> timedelta:
-    """``90``, ``30m``, ``12h``, ``7d``."""
+    """``90``, ``30m``, ``12h``, ``7d``; at most what ``timedelta`` holds (999,999,999 days)."""
     match = _TTL.match(text)
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 12h, 7d)")
-    return timedelta(seconds=int(match.group(1)) * _TTL_UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _TTL_UNITS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"not a duration: {text!r} is longer than any date can reach") from None
 
 
 def auth_secret(settings: Settings) -> str | None:
