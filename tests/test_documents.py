@@ -1,6 +1,7 @@
 """Documents through the real API and the local index: formats, pages, bad input, dedupe, delete, tenancy."""
 
 import asyncio
+import logging
 import uuid
 
 import httpx
@@ -234,6 +235,33 @@ async def test_delete_removes_chunks_at_once(client, app, db, org_headers):
     assert await retrieve(app, organization, "lighthouse keeper") == []
     assert await db.scalar(select(func.count()).where(models.Chunk.document_id == uuid.UUID(document["id"]))) == 0
     assert (await client.get(f"{DOCS}/{document['id']}", headers=headers)).status_code == 404
+
+
+async def test_a_document_deleted_while_it_is_indexed_stops_without_an_error(
+    client, app, db, org_headers, monkeypatch, caplog
+):
+    """Deleted after indexing began (an upload regretted at once), its chunks have nothing to belong to: indexing
+    stops there, logged as what happened, not as an error with a traceback (a schema fuzzer's deletes found it)."""
+    caplog.set_level(logging.INFO, logger="citechat.documents.ingestion")
+    _, headers = org_headers()
+    index, started = app.state.index, asyncio.Event()
+    ingest_as_before = index.ingest
+
+    async def deleted_first(organization, document_id, *args):
+        assert (await client.delete(f"{DOCS}/{document_id}", headers=headers)).status_code == 204
+        started.set()
+        return await ingest_as_before(organization, document_id, *args)
+
+    monkeypatch.setattr(index, "ingest", deleted_first)
+    response = await upload(client, headers, samples.pdf([samples.TOPICS[0]]), "keeper.pdf")
+    assert response.status_code == 202
+    document_id = uuid.UUID(response.json()["id"])
+    await app.state.ingestion.wait([document_id])
+    assert started.is_set()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("deleted while it was being indexed" in r.getMessage() for r in caplog.records)
+    assert await db.scalar(select(func.count()).where(models.Chunk.document_id == document_id)) == 0
+    assert (await client.get(f"{DOCS}/{document_id}", headers=headers)).status_code == 404
 
 
 async def test_organizations_never_see_each_others_documents(client, app, db, org_headers):

@@ -101,6 +101,9 @@ class Ingestion:
         except asyncio.CancelledError:
             raise  # shutting down: left "processing", resumed on the next start
         except Exception:
+            if not await self._exists(document_id):  # deleted meanwhile: its chunks had nothing to belong to
+                log.info("document %s was deleted while it was being indexed", document_id)
+                return
             log.exception("indexing document %s failed", document_id)
             await self._finish(document_id, status="failed", error="indexing failed unexpectedly; try uploading again")
         else:
@@ -112,6 +115,10 @@ class Ingestion:
                 external_id=result.external_id,
                 backend_status=result.backend_status,
             )
+
+    async def _exists(self, document_id: uuid.UUID) -> bool:
+        async with self._sessions() as db:
+            return await db.scalar(select(models.Document.id).where(models.Document.id == document_id)) is not None
 
     async def _finish(self, document_id: uuid.UUID, **values) -> None:
         async with self._sessions() as db, db.begin():
