@@ -102,6 +102,29 @@ async def test_delete_removes_the_document_from_ragie(ragie_client, ragie_app, r
     assert await ragie_app.state.index.retriever(organization, 5).aretrieve("receipts finance") == []
 
 
+async def test_a_document_deleted_while_ragie_indexes_it_leaves_nothing_in_ragie(
+    ragie_client, ragie_app, ragie_server, identity, db, monkeypatch
+):
+    """Deleted before Ragie had its copy (nothing there to delete yet), the copy Ragie then makes is removed once
+    indexing ends: otherwise a deleted document's passages would go on answering questions."""
+    org = f"gone-{uuid.uuid4().hex[:6]}"
+    headers = identity(org=org)
+    index = ragie_app.state.index
+    ingest_as_before = index.ingest
+
+    async def deleted_first(organization, document_id, *args):
+        assert (await ragie_client.delete(f"{DOCS}/{document_id}", headers=headers)).status_code == 204
+        return await ingest_as_before(organization, document_id, *args)
+
+    monkeypatch.setattr(index, "ingest", deleted_first)
+    response = await upload(ragie_client, headers, HANDBOOK.encode(), "h.txt")
+    assert response.status_code == 202
+    await ragie_app.state.ingestion.wait([uuid.UUID(response.json()["id"])])
+    organization = await org_of(db, org)
+    assert [d for d in ragie_server.documents.values() if d.partition == partition_for(organization)] == []
+    assert await index.retriever(organization, 5).aretrieve("receipts finance") == []
+
+
 async def test_failed_processing_is_reported_and_reupload_retries(ragie_client, ragie_server, identity):
     headers = identity()
     ragie_server.fail_processing = "the file could not be partitioned"

@@ -107,6 +107,9 @@ class Ingestion:
             log.exception("indexing document %s failed", document_id)
             await self._finish(document_id, status="failed", error="indexing failed unexpectedly; try uploading again")
         else:
+            if not await self._exists(document_id):
+                await self._remove_copy(organization, document_id, result.external_id)
+                return
             await self._finish(
                 document_id,
                 status="ready",
@@ -115,6 +118,16 @@ class Ingestion:
                 external_id=result.external_id,
                 backend_status=result.backend_status,
             )
+
+    async def _remove_copy(self, organization: Organization, document_id: uuid.UUID, external_id: str | None) -> None:
+        """A document deleted while a backend that keeps its own copy (Ragie) indexed it, before that copy existed
+        to be deleted with it: the copy goes now, or its passages would go on answering questions."""
+        try:
+            await self._backend.delete(organization, document_id, external_id)
+        except RetrievalError as exc:
+            log.warning("document %s, deleted while indexed, is still in %s: %s", document_id, self._backend.name, exc)
+        else:
+            log.info("document %s was deleted while it was being indexed", document_id)
 
     async def _exists(self, document_id: uuid.UUID) -> bool:
         async with self._sessions() as db:
