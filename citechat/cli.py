@@ -470,6 +470,7 @@ def token(
 ) -> None:
     """Print an HS256 bearer token signed with the service's secret, for local use and scripts."""
     from citechat.auth.tokens import ADMIN_ROLE, auth_secret, issue_token, parse_ttl
+    from citechat.errors import AuthenticationError
 
     try:
         lifetime = parse_ttl(ttl)
@@ -480,4 +481,8 @@ def token(
         typer.echo("No CITECHAT_AUTH_SECRET is set, and tokens are verified elsewhere (JWKS).", err=True)
         raise typer.Exit(2)
     roles = [ADMIN_ROLE] if admin else None
-    typer.echo(issue_token(secret, user=user, organizations=org, ttl=lifetime, name=name, email=email, roles=roles))
+    try:
+        issued = issue_token(secret, user=user, organizations=org, ttl=lifetime, name=name, email=email, roles=roles)
+    except AuthenticationError as exc:
+        raise typer.BadParameter(exc.detail) from exc
+    typer.echo(issued)

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from citechat.db.migrations import head_revision
 from tests.live import CLI, Server, clean_env
@@ -65,14 +66,19 @@ def test_db_upgrade_command(tmp_path: Path):
     assert not _postgres_running(tmp_path / "data" / "pgdata")
 
 
-def test_token_command_rejects_bad_ttl(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--user", "a", "--org", "b", "--ttl", "forever"], "not a duration"),
+        (["--user", "", "--org", "b"], "token `sub` must be a non-empty string"),  # was issued, then always refused
+        (["--user", "a", "--org", ""], "token `orgs` must be a list of organization ids"),
+    ],
+)
+def test_token_command_rejects_what_the_server_would(tmp_path: Path, arguments: list[str], message: str):
     result = subprocess.run(  # noqa: S603
-        [*CLI, "token", "--user", "a", "--org", "b", "--ttl", "forever"],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
+        [*CLI, "token", *arguments], env=_env(tmp_path), capture_output=True, text=True
     )
-    assert result.returncode == 2 and "not a duration" in result.stderr
+    assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
 
 
 async def test_the_served_app_moves_what_start_up_made_out_of_the_collectors_way(settings, monkeypatch):

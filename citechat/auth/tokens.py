@@ -152,9 +152,12 @@ def issue_token(
     email: str | None = None,
     roles: list[str] | None = None,
 ) -> str:
+    """A token ``TokenVerifier`` accepts: its claims pass the verifier's own checks (``AuthenticationError``
+    otherwise, rather than a token every request would refuse)."""
     now = datetime.now(UTC)
     payload: dict[str, object] = {"sub": user, "orgs": organizations, "iat": now, "exp": now + ttl}
     payload |= {k: v for k, v in {"name": name, "email": email, "roles": roles}.items() if v}
+    _claims(payload)
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
