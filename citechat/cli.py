@@ -25,6 +25,20 @@ app.add_typer(bench_app, name="bench")
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
+def _identifier(value: str | None) -> str | None:
+    """An organization or user id as the API's tokens carry them: 1 to 255 characters PostgreSQL can store (an
+    empty one was accepted here, making an organization no token can name)."""
+    from citechat.db.text import unstorable
+
+    if value is None:
+        return None
+    if not value.strip() or len(value) > 255:
+        raise typer.BadParameter("must be 1 to 255 characters, not all spaces")
+    if (why := unstorable(value)) is not None:
+        raise typer.BadParameter(why)
+    return value
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -80,8 +94,8 @@ def db_upgrade() -> None:
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="What to ask.")],
-    org: Annotated[str, typer.Option(help="Organization whose documents answer.")],
-    user: Annotated[str, typer.Option(help="User whose chat session it goes to.")] = "cli",
+    org: Annotated[str, typer.Option(help="Organization whose documents answer.", callback=_identifier)],
+    user: Annotated[str, typer.Option(help="User whose chat session it goes to.", callback=_identifier)] = "cli",
     mode: Annotated[str | None, typer.Option(help="strict, balanced or creative (default: the session's).")] = None,
     session: Annotated[str | None, typer.Option(help="Session id (default: the user's active session).")] = None,
     model: Annotated[str | None, typer.Option(help="Model (default: the configured one).")] = None,
@@ -134,7 +148,7 @@ def ask(
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively).")],
-    org: Annotated[str, typer.Option(help="Organization id the documents belong to.")],
+    org: Annotated[str, typer.Option(help="Organization id the documents belong to.", callback=_identifier)],
 ) -> None:
     """Upload and index documents for an organization, with progress and a summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -175,7 +189,7 @@ def ingest(
 
 @app.command()
 def documents(
-    org: Annotated[str, typer.Option(help="Organization id.")],
+    org: Annotated[str, typer.Option(help="Organization id.", callback=_identifier)],
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 100,
 ) -> None:
     """List an organization's documents."""
@@ -225,7 +239,10 @@ def reindex() -> None:
 @eval_app.command("beir")
 def eval_beir(
     path: Annotated[Path, typer.Argument(help="A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/).")],
-    org: Annotated[str | None, typer.Option(help="Organization to index into (default: eval-<folder name>).")] = None,
+    org: Annotated[
+        str | None,
+        typer.Option(help="Organization to index into (default: eval-<folder name>).", callback=_identifier),
+    ] = None,
     split: Annotated[str, typer.Option(help="qrels split.")] = "test",
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 of the local retriever: hybrid, dense only and full-text only."""
@@ -273,7 +290,10 @@ def eval_run(
         Path | None, typer.Option(help="A results.json to compare with: a regression beyond tolerance fails the run.")
     ] = None,
     org: Annotated[
-        str | None, typer.Option(help="Index into (and keep) this organization; default: a fresh one, removed after.")
+        str | None,
+        typer.Option(
+            help="Index into (and keep) this organization; default: a fresh one, removed after.", callback=_identifier
+        ),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the fresh organization and its index.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,

@@ -59,6 +59,14 @@ def test_ingest_missing_path_is_a_usage_error(run_cli):
     assert result.returncode == 2 and "no such file or folder" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["ingest", "{file}", "--org", ""], ["ask", "hi", "--org", "acme", "--user", "  "]])
+def test_an_empty_organization_or_user_is_a_usage_error(run_cli, tmp_path: Path, args: list[str]):
+    """An empty organization was accepted, making an organization no token can name."""
+    (tmp_path / "a.txt").write_text("text")
+    result = run_cli(*[arg.format(file=tmp_path / "a.txt") for arg in args])
+    assert result.returncode == 2 and "must be 1 to 255 characters" in result.stderr, result.stderr
+
+
 def test_eval_beir_on_a_small_dataset(run_cli, tmp_path: Path):
     folder = tmp_path / "tiny"
     (folder / "qrels").mkdir(parents=True)
