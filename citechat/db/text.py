@@ -29,19 +29,26 @@ Storable = AfterValidator(_check)
 """For a Pydantic field (``Annotated[str, Storable]``): a value that cannot be stored is a validation error."""
 
 
+MAX_JSON_DEPTH = 32
+"""How deep JSON may nest (objects and arrays) to be stored: deeper, Python's parser, then PostgreSQL's, run out of
+stack."""
+TOO_DEEP = f"is nested more than {MAX_JSON_DEPTH} levels deep"
+
+
 def unstorable_json(value: object) -> str | None:
-    """Why a parsed JSON value (keys and strings at any depth) cannot be stored, or None when it can."""
-    pending = [value]
+    """Why a parsed JSON value cannot be stored (a key or string at any depth, or nesting deeper than
+    ``MAX_JSON_DEPTH``), or None when it can. Walked without recursion: it may be deep."""
+    pending = [(value, 0)]
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
         if isinstance(item, str):
             if (why := unstorable(item)) is not None:
                 return why
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
+        elif isinstance(item, dict | list):
+            if depth == MAX_JSON_DEPTH:
+                return TOO_DEEP
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
     return None
 
 

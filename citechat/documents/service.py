@@ -9,12 +9,10 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from citechat.db.text import unstorable, unstorable_json
+from citechat.db.text import TOO_DEEP, unstorable, unstorable_json
 from citechat.documents import formats, models
 from citechat.errors import CitechatError, NotFound
 from citechat.retrievers.base import IndexBackend, Organization
-
-MAX_METADATA_DEPTH = 32
 
 
 class UploadTooLarge(CitechatError):
@@ -32,36 +30,20 @@ class Accepted:
 
 
 def parse_metadata(raw: str | None) -> dict | None:
-    """The upload's ``metadata`` field: a JSON object PostgreSQL can store, nested at most ``MAX_METADATA_DEPTH``
-    levels (deeper, Python's parser, then PostgreSQL's, run out of stack)."""
+    """The upload's ``metadata`` field: a JSON object PostgreSQL can store (``db.text.unstorable_json``)."""
     if raw is None or not raw.strip():
         return None
-    too_deep = InvalidUpload(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidUpload(f"metadata is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    except RecursionError:
-        raise too_deep from None
+    except RecursionError:  # deeper still than what unstorable_json refuses
+        raise InvalidUpload(f"metadata {TOO_DEEP}") from None
     if not isinstance(value, dict):
         raise InvalidUpload("metadata must be a JSON object")
-    if _depth(value) > MAX_METADATA_DEPTH:
-        raise too_deep
     if (why := unstorable_json(value)) is not None:
         raise InvalidUpload(f"metadata {why}")
     return value
-
-
-def _depth(value: object) -> int:
-    """How many objects and arrays deep ``value`` is (without recursion: it may be deep)."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 async def accept_upload(

@@ -169,7 +169,7 @@ class ChatEngine(CondensePlusContextChatEngine):
         return nodes, template.format_messages(context_str=context, query_str=message)
 
     async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
-        if self._skip_condense or not chat_history:
+        if not chat_history:
             return latest_message
         with self.telemetry.stage_span("citechat.condense", content={"citechat.question": latest_message}) as span:
             if isinstance(self._llm, ExtractiveLLM):
