@@ -264,6 +264,54 @@ async def test_a_document_deleted_while_it_is_indexed_stops_without_an_error(
     assert (await client.get(f"{DOCS}/{document_id}", headers=headers)).status_code == 404
 
 
+async def test_the_file_is_served_as_uploaded_to_check_a_citation_against(client, org_headers):
+    """The original bytes, with what a browser needs to show a PDF at a cited page (inline) and to revalidate its
+    copy (ETag), and to never render an uploaded HTML page as one of citechat's own (attachment, nosniff)."""
+    _, headers = org_headers()
+    notes = samples.pdf(samples.TOPICS[:3])
+    document = await ingest(client, headers, notes, "field notes.pdf", name="Field notes: Skerryvore, été 1911")
+    response = await client.get(f"{DOCS}/{document['id']}/file", headers=headers)
+    assert response.status_code == 200
+    assert response.content == notes
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-disposition"] == (
+        'inline; filename="Field notes: Skerryvore, _t_ 1911.pdf";'
+        " filename*=UTF-8''Field%20notes%3A%20Skerryvore%2C%20%C3%A9t%C3%A9%201911.pdf"
+    )
+    etag = response.headers["etag"]
+    for if_none_match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = await client.get(f"{DOCS}/{document['id']}/file", headers=headers | {"If-None-Match": if_none_match})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    changed = await client.get(f"{DOCS}/{document['id']}/file", headers=headers | {"If-None-Match": '"other"'})
+    assert (changed.status_code, changed.content) == (200, notes)
+
+    page = b"<!DOCTYPE html><html><body><script>alert(1)</script><p>Lighthouse keepers.</p></body></html>"
+    html = await ingest(client, headers, page, "keepers.html")
+    response = await client.get(f"{DOCS}/{html['id']}/file", headers=headers)
+    assert (response.status_code, response.content) == (200, page)
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["content-disposition"].startswith('attachment; filename="keepers.html"')
+    text = await ingest(client, headers, "Notes on the lighthouse keepers. Æ ø".encode(), "notes.txt")
+    response = await client.get(f"{DOCS}/{text['id']}/file", headers=headers)
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == "Notes on the lighthouse keepers. Æ ø"
+    assert response.headers["content-disposition"].startswith('inline; filename="notes.txt"')
+
+    scan = samples.image_only_pdf()
+    failed = await ingest(client, headers, scan, "scan.pdf")
+    assert failed["status"] == "failed"  # nothing indexed, but the user's file is still theirs to open
+    assert (await client.get(f"{DOCS}/{failed['id']}/file", headers=headers)).content == scan
+
+    assert (await client.delete(f"{DOCS}/{document['id']}", headers=headers)).status_code == 204
+    gone = await client.get(f"{DOCS}/{document['id']}/file", headers=headers)
+    assert (gone.status_code, gone.json()) == (404, {"detail": "document not found"})
+    missing = await client.get(f"{DOCS}/{uuid.uuid4()}/file", headers=headers)
+    assert (missing.status_code, missing.json()) == (404, {"detail": "document not found"})
+    assert (await client.get(f"{DOCS}/not-an-id/file", headers=headers)).status_code == 422
+    assert (await client.get(f"{DOCS}/{text['id']}/file")).status_code == 401
+
+
 async def test_organizations_never_see_each_others_documents(client, app, db, org_headers):
     _, a = org_headers()
     org_b, b = org_headers()
@@ -272,8 +320,8 @@ async def test_organizations_never_see_each_others_documents(client, app, db, or
 
     assert [d["id"] for d in (await client.get(DOCS, headers=b)).json()] != [doc_a["id"]]
     assert doc_a["id"] not in [d["id"] for d in (await client.get(DOCS, headers=b)).json()]
-    for method in ("GET", "DELETE"):
-        response = await client.request(method, f"{DOCS}/{doc_a['id']}", headers=b)
+    for method, path in (("GET", ""), ("GET", "/file"), ("DELETE", "")):
+        response = await client.request(method, f"{DOCS}/{doc_a['id']}{path}", headers=b)
         assert response.status_code == 404
     assert (await client.get(DOCS, params={"before": doc_a["id"]}, headers=b)).status_code == 404
     nodes_b = await retrieve(app, await org_of(db, org_b), "bakery revenue sourdough Norway", top_k=20)

@@ -3,13 +3,14 @@ sign-in, documents, asking with citations, history, modes, hostile document text
 
 import base64
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
 
 from tests import samples
-from tests.browser import Identity, WatchedPage, ask, live_citechat
+from tests.browser import ARTIFACTS, TIMEOUT_MS, Identity, WatchedPage, ask, live_citechat
 
 GLACIER = "How far did the glacier retreat at the Vatnajokull outlet?"
 
@@ -202,6 +203,90 @@ def test_mode_change_is_saved_with_the_chat_and_used(watched, person):
     page.reload()
     expect(page.locator("#settings-summary")).to_have_text("Creative")
     watched.assert_clean()
+
+
+def test_a_cited_page_opens_in_its_document(watched, person):
+    """ "Open page 3" shows the original PDF at page 3 (``#page=3``, which the PDF viewer honours), fetched with the
+    token; Markdown opens as text; HTML is downloaded, never shown as a page of citechat's; a deleted document says
+    so."""
+    notes = samples.pdf(samples.TOPICS)
+    person.add_document("field-notes.pdf", notes)
+    page = watched.open()
+    page.evaluate(_KEEP_BLOBS)
+    ask(page, GLACIER)
+    answer = page.locator(".msg-assistant").first
+    expect(answer).to_have_attribute("data-state", "completed")
+    card = answer.locator(".source.cited", has_text="312 metres")
+    expect(card.locator(".source-page")).to_have_text("page 3")
+    button = card.get_by_role("button", name="Open field-notes.pdf at page 3")
+    expect(button).to_have_text("page 3")
+    with watched.context.expect_page() as opened:
+        button.click()
+    tab = opened.value
+    tab.wait_for_url(re.compile(r"^blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+#page=3$"))
+    assert tab.evaluate("document.contentType") == "application/pdf"
+    expect(_pdf_viewer(tab).locator("#pageSelector")).to_have_value("3")  # Chromium's own viewer, at the cited page
+    assert _blob(page, tab.url) == notes
+    tab.screenshot(path=ARTIFACTS / "12-cited-page-opened.png")
+    tab.close()
+
+    person.add_document("pilot-log.md", b"# Pilot log\n\nThe harbour pilot boarded 41 ships in March.")
+    html = b"<html><body><p>The harbour pilot also boarded 39 ships in April.</p></body></html>"
+    person.add_document("pilots.html", html)
+    ask(page, "How many ships did the harbour pilot board?")
+    answer = page.locator(".msg-assistant").last
+    expect(answer).to_have_attribute("data-state", "completed")
+    for folded in answer.locator("details.more-sources").all():
+        folded.locator("summary").click()
+    with watched.context.expect_page() as opened:
+        answer.get_by_role("button", name="Open pilot-log.md").click()
+    text = opened.value
+    text.wait_for_url(re.compile(r"^blob:"))
+    assert text.evaluate("document.contentType") == "text/plain"
+    expect(text.locator("body")).to_have_text("# Pilot log\n\nThe harbour pilot boarded 41 ships in March.")
+    text.close()
+    with watched.context.expect_page() as opened, page.expect_download() as downloaded:
+        answer.get_by_role("button", name="Open pilots.html").click()
+    assert downloaded.value.suggested_filename == "pilots.html"
+    _closes(opened.value)  # the tab opened for it, in case it could be shown
+
+    documents = person.api("GET", "/api/v1/documents").json()
+    pdf = next(d for d in documents if d["name"] == "field-notes.pdf")
+    assert person.api("DELETE", f"/api/v1/documents/{pdf['id']}").status_code == 204
+    with watched.context.expect_page() as opened:
+        button.click()
+    _closes(opened.value)
+    expect(page.locator("#toasts")).to_contain_text("Could not open field-notes.pdf: it has been deleted.")
+    watched.assert_clean()
+
+
+# The page's Content-Security-Policy lets it fetch nothing but its own origin, blob URLs included: the test keeps
+# each blob the page makes a URL of, to read it back.
+_KEEP_BLOBS = """() => {
+    const make = URL.createObjectURL;
+    window.__blobs = {};
+    URL.createObjectURL = (blob) => { const url = make(blob); window.__blobs[url] = blob; return url; };
+}"""
+
+
+def _closes(tab) -> None:
+    if not tab.is_closed():
+        tab.wait_for_event("close")
+
+
+def _pdf_viewer(tab):
+    """The frame of Chromium's PDF viewer (an extension's page) in a tab showing a PDF, once it is there."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not (frames := [f for f in tab.frames if f.url.startswith("chrome-extension://")]):
+        assert time.monotonic() < deadline, f"no PDF viewer in {[f.url for f in tab.frames]}"
+        tab.wait_for_timeout(100)
+    return frames[0]
+
+
+def _blob(page, url: str) -> bytes:
+    """The bytes of a blob URL the page made."""
+    read = "async (url) => Array.from(new Uint8Array(await window.__blobs[url].arrayBuffer()))"
+    return bytes(page.evaluate(read, url.split("#")[0]))
 
 
 HOSTILE = [

@@ -11,6 +11,9 @@ MARKDOWN = "text/markdown"
 TEXT = "text/plain"
 HTML = "text/html"
 SUPPORTED = (PDF, DOCX, MARKDOWN, TEXT, HTML)
+EXTENSIONS = {PDF: ".pdf", DOCX: ".docx", MARKDOWN: ".md", TEXT: ".txt", HTML: ".html"}
+# What a browser may show in place, as itself: HTML (a page of its own, scripts and all) and DOCX are downloaded.
+SHOWN_INLINE = (PDF, MARKDOWN, TEXT)
 _MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdown", ".mkd")
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
 

@@ -2,14 +2,15 @@
 
 import uuid
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from citechat.api.dependencies import CurrentPrincipal, DbSession, get_settings
 from citechat.api.errors import ErrorBody, error_responses
 from citechat.db.text import Storable
-from citechat.documents import schemas, service
+from citechat.documents import formats, schemas, service
 from citechat.retrievers.base import Organization
 from citechat.settings import Settings
 
@@ -78,6 +79,51 @@ async def list_documents(
 @router.get("/{document_id}", summary="One document", responses=error_responses(404))
 async def get_document(document_id: uuid.UUID, organization: CurrentOrganization, db: DbSession) -> schemas.Document:
     return schemas.Document.model_validate(await service.get(db, organization, document_id))
+
+
+@router.get(
+    "/{document_id}/file",
+    summary="The document's file, as uploaded",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in formats.SUPPORTED},
+            "description": "The bytes as uploaded, with their content type. PDF, Markdown and plain text are sent"
+            " `inline` (a PDF opens at a cited page with `#page=N`), HTML and DOCX as an `attachment`.",
+        },
+        304: {"description": "`If-None-Match` named the current `ETag`: the copy the client has is this file."},
+    }
+    | error_responses(404),
+)
+async def get_document_file(
+    document_id: uuid.UUID,
+    organization: CurrentOrganization,
+    db: DbSession,
+    if_none_match: Annotated[str | None, Header(description="An `ETag` from an earlier download.")] = None,
+) -> Response:
+    """What a citation's page is checked against: the original, not the text citechat read from it."""
+    stored = await service.get_file(db, organization, document_id)
+    document = stored.document
+    headers = {"ETag": f'"{document.sha256}"', "Cache-Control": "private, no-cache"}
+    if if_none_match and _matches(if_none_match, document.sha256):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    disposition = "inline" if document.content_type in formats.SHOWN_INLINE else "attachment"
+    headers |= {"Content-Disposition": f"{disposition}; {_filename(document)}", "X-Content-Type-Options": "nosniff"}
+    return Response(stored.content, media_type=document.content_type, headers=headers)  # text: charset=utf-8 added
+
+
+def _matches(if_none_match: str, sha256: str) -> bool:
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or f'"{sha256}"' in tags
+
+
+def _filename(document) -> str:
+    """``Content-Disposition``'s file name: the document's name with its format's extension, in ASCII for old
+    clients and in full as RFC 6266's ``filename*``."""
+    extension = formats.EXTENSIONS.get(document.content_type, "")
+    name = document.name if document.name.lower().endswith(extension) else document.name + extension
+    ascii_name = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in name)
+    return f"filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.delete(

@@ -24,6 +24,12 @@ class InvalidUpload(CitechatError):
 
 
 @dataclass(frozen=True)
+class StoredFile:
+    document: models.Document
+    content: bytes
+
+
+@dataclass(frozen=True)
 class Accepted:
     document: models.Document
     created: bool  # False: identical content was already uploaded (and not failed) in this organization
@@ -109,6 +115,20 @@ async def get(db: AsyncSession, organization: Organization, document_id: uuid.UU
     if document is None:
         raise NotFound("document not found")
     return document
+
+
+async def get_file(db: AsyncSession, organization: Organization, document_id: uuid.UUID) -> StoredFile:
+    """The document with its bytes as uploaded, whatever its indexing status (a failed PDF can still be opened)."""
+    found = (
+        await db.execute(
+            select(models.Document, models.DocumentFile.content)
+            .join(models.DocumentFile, models.DocumentFile.document_id == models.Document.id)
+            .where(models.Document.id == document_id, models.Document.organization_id == organization.id)
+        )
+    ).first()
+    if found is None:
+        raise NotFound("document not found")
+    return StoredFile(*found)
 
 
 async def list_documents(

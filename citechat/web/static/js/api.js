@@ -103,6 +103,15 @@ export async function api(path, options = {}) {
   return response.json();
 }
 
+/** A document's file as uploaded: ``{blob, type, name}`` (``type`` without parameters, ``name`` as the server
+ * suggests saving it). Fetched with the token, which a plain link could not send. */
+export async function documentFile(id) {
+  const response = await request(`/api/v1/documents/${encodeURIComponent(id)}/file`);
+  const type = (response.headers.get("Content-Type") ?? "").split(";")[0].trim();
+  const named = /filename\*=UTF-8''([^;]+)/.exec(response.headers.get("Content-Disposition") ?? "");
+  return { blob: await response.blob(), type, name: named ? decodeURIComponent(named[1]) : "document" };
+}
+
 /** Opens an event stream (POST with a JSON body, or GET); the caller reads it with ``events()``. */
 export async function openStream(path, { method = "POST", body, lastEventId, signal } = {}) {
   const extraHeaders = { Accept: "text/event-stream" };
