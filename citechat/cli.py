@@ -26,15 +26,11 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def _identifier(value: str | None) -> str | None:
-    """An organization or user id as the API's tokens carry them: 1 to 255 characters PostgreSQL can store (an
-    empty one was accepted here, making an organization no token can name)."""
-    from citechat.db.text import unstorable
+    """An organization or user id as the API's tokens carry them (an empty one was accepted here, making an
+    organization no token can name)."""
+    from citechat.auth.tokens import identifier_problem
 
-    if value is None:
-        return None
-    if not value.strip() or len(value) > 255:
-        raise typer.BadParameter("must be 1 to 255 characters, not all spaces")
-    if (why := unstorable(value)) is not None:
+    if value is not None and (why := identifier_problem(value)) is not None:
         raise typer.BadParameter(why)
     return value
 

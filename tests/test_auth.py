@@ -59,7 +59,11 @@ def _unsigned(payload: dict) -> str:
         ("no exp", _bearer(jwt.encode(_payload(exp=None), TEST_SECRET))),
         ("no sub", _bearer(jwt.encode(_payload(sub=None), TEST_SECRET))),
         ("empty sub", _bearer(jwt.encode(_payload(sub=""), TEST_SECRET))),
+        ("all-space sub", _bearer(jwt.encode(_payload(sub="   "), TEST_SECRET))),  # no CLI or form could name it
         ("orgs not a list", _bearer(jwt.encode(_payload(orgs="acme"), TEST_SECRET))),
+        ("an all-space org", _bearer(jwt.encode(_payload(orgs=["acme", " "]), TEST_SECRET))),
+        ("an org too long", _bearer(jwt.encode(_payload(orgs=["o" * 256]), TEST_SECRET))),
+        ("NUL in an org", _bearer(jwt.encode(_payload(orgs=["o\x00"]), TEST_SECRET))),
         ("NUL in sub", _bearer(jwt.encode(_payload(sub="u\x00"), TEST_SECRET))),  # PostgreSQL cannot store it
         ("NUL in a name", _bearer(jwt.encode(_payload(name="Ada\x00"), TEST_SECRET))),
         (

@@ -78,7 +78,7 @@ async def test_only_requests_from_this_machine(tmp_path, peer, host):
 
 async def test_bad_requests_are_422(tmp_path):
     async with client(local(tmp_path)) as c:
-        for body in ({}, {"user": "", "org": "acme"}, {"user": "a", "org": "x" * 256}):
+        for body in ({}, {"user": "", "org": "acme"}, {"user": "a", "org": "x" * 256}, {"user": "a", "org": "o\x00"}):
             response = await c.post(URL, json=body)
             assert response.status_code == 422 and isinstance(response.json()["detail"], list), body
 

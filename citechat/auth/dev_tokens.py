@@ -12,16 +12,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from citechat.api.errors import error_responses
-from citechat.auth.tokens import auth_secret, issue_token
-from citechat.db.text import Storable
+from citechat.auth.tokens import MAX_IDENTIFIER, auth_secret, identifier_problem, issue_token
 from citechat.errors import PermissionDenied
 from citechat.settings import Settings
 
 TOKEN_TTL = timedelta(days=1)
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), Storable]
+
+
+def _identifier(value: str) -> str:
+    if (why := identifier_problem(value)) is not None:
+        raise ValueError(why)
+    return value
+
+
+# Bounds stated for the OpenAPI document; the rule itself is the tokens' (``identifier_problem``).
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_IDENTIFIER),
+    AfterValidator(_identifier),
+]
 
 
 def enabled(settings: Settings) -> bool:
