@@ -106,8 +106,9 @@ const openedUrls = new Map();
  * (``#page=N``, which browsers' PDF viewers honour), Markdown and text as plain text. HTML and DOCX are downloaded
  * instead: shown from a blob of this page, an uploaded HTML page would run as part of citechat. */
 async function openDocument(source) {
-  // Opened now, while the click still counts as the user's: after the download a popup blocker would stop it.
-  const tab = window.open("", "_blank");
+  // A PDF (the only format with pages) gets its tab now, while the click still counts as the user's: after a long
+  // download a popup blocker would stop it. Other files are small, and may be downloaded rather than shown.
+  const tab = source.page_number ? window.open("", "_blank") : null;
   try {
     const file = await documentFile(source.ragie_document_id);
     const pdf = file.type === "application/pdf";
@@ -120,12 +121,13 @@ async function openDocument(source) {
     URL.revokeObjectURL(openedUrls.get(source.ragie_document_id));
     openedUrls.set(source.ragie_document_id, url);
     const target = pdf && source.page_number ? `${url}#page=${source.page_number}` : url;
-    if (!tab) {
+    const shown = tab ?? window.open("", "_blank");
+    if (!shown) {
       toast("Allow pop-ups for this site to open documents in a new tab.", "error");
       return;
     }
-    tab.opener = null;
-    tab.location.href = target;
+    shown.opener = null;
+    shown.location.href = target;
   } catch (error) {
     tab?.close();
     const reason = error.status === 404 ? "it has been deleted" : error.message;
