@@ -4,6 +4,7 @@ Uploads travel through citechat's API to the organization's Ragie partition; sta
 Ragie's; retrieval and deletion never cross organizations.
 """
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -102,27 +103,36 @@ async def test_delete_removes_the_document_from_ragie(ragie_client, ragie_app, r
     assert await ragie_app.state.index.retriever(organization, 5).aretrieve("receipts finance") == []
 
 
+@pytest.mark.parametrize("moment", ["before Ragie has its copy", "while Ragie processes its copy"])
 async def test_a_document_deleted_while_ragie_indexes_it_leaves_nothing_in_ragie(
-    ragie_client, ragie_app, ragie_server, identity, db, monkeypatch
+    ragie_client, ragie_app, ragie_server, identity, db, monkeypatch, caplog, moment
 ):
     """Deleted before Ragie had its copy (nothing there to delete yet), the copy Ragie then makes is removed once
-    indexing ends: otherwise a deleted document's passages would go on answering questions."""
+    indexing ends; deleted while Ragie processes its copy (which citechat has not recorded yet), the delete finds
+    it by citechat's id. Otherwise a deleted document's passages would go on answering questions."""
+    caplog.set_level(logging.INFO, logger="citechat")
     org = f"gone-{uuid.uuid4().hex[:6]}"
     headers = identity(org=org)
     index = ragie_app.state.index
-    ingest_as_before = index.ingest
+    step = "ingest" if moment.startswith("before") else "_wait_until_ready"
+    as_before = getattr(index, step)
 
-    async def deleted_first(organization, document_id, *args):
+    async def deleted_first(*args):
+        document_id = args[1] if step == "ingest" else ragie_server.documents[args[1]].external_id
         assert (await ragie_client.delete(f"{DOCS}/{document_id}", headers=headers)).status_code == 204
-        return await ingest_as_before(organization, document_id, *args)
+        if step == "_wait_until_ready":
+            assert args[1] not in ragie_server.documents  # the delete itself found Ragie's copy
+        return await as_before(*args)
 
-    monkeypatch.setattr(index, "ingest", deleted_first)
+    monkeypatch.setattr(index, step, deleted_first)
     response = await upload(ragie_client, headers, HANDBOOK.encode(), "h.txt")
     assert response.status_code == 202
     await ragie_app.state.ingestion.wait([uuid.UUID(response.json()["id"])])
     organization = await org_of(db, org)
     assert [d for d in ragie_server.documents.values() if d.partition == partition_for(organization)] == []
     assert await index.retriever(organization, 5).aretrieve("receipts finance") == []
+    assert (await ragie_client.get(f"{DOCS}/{response.json()['id']}", headers=headers)).status_code == 404
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_failed_processing_is_reported_and_reupload_retries(ragie_client, ragie_server, identity):
