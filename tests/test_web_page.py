@@ -207,8 +207,8 @@ def test_mode_change_is_saved_with_the_chat_and_used(watched, person):
 
 def test_a_cited_page_opens_in_its_document(watched, person):
     """ "Open page 3" shows the original PDF at page 3 (``#page=3``, which the PDF viewer honours), fetched with the
-    token; Markdown opens as text; HTML is downloaded, never shown as a page of citechat's; a deleted document says
-    so."""
+    token; Markdown opens as text; HTML is downloaded, never shown as a page of citechat's; the documents panel opens
+    them too; a deleted document says so."""
     notes = samples.pdf(samples.TOPICS)
     person.add_document("field-notes.pdf", notes)
     page = watched.open()
@@ -249,6 +249,16 @@ def test_a_cited_page_opens_in_its_document(watched, person):
         answer.get_by_role("button", name="Open pilots.html").click()
     assert downloaded.value.suggested_filename == "pilots.html"
     assert watched.context.pages == [page]  # downloaded, not shown
+
+    # The documents panel opens each document too: a PDF at its first page.
+    page.locator("#documents-button").click()
+    with watched.context.expect_page() as opened:
+        page.locator("#documents-panel").get_by_role("button", name="Open field-notes.pdf").click()
+    whole = opened.value
+    whole.wait_for_url(re.compile(r"^blob:.*#page=1$"))
+    expect(_pdf_viewer(whole).locator("#pageSelector")).to_have_value("1")
+    whole.close()
+    page.keyboard.press("Escape")
 
     documents = person.api("GET", "/api/v1/documents").json()
     pdf = next(d for d in documents if d["name"] == "field-notes.pdf")

@@ -1,8 +1,9 @@
 // The documents panel: upload by drag and drop or picker (with progress), the organization's documents with their
-// status (processing, ready, failed with the reason), and delete. Statuses are polled while any is in progress.
+// status (processing, ready, failed with the reason), open the original, and delete. Statuses are polled while any is in progress.
 
 import { api, upload } from "./api.js";
 import { $, confirmDialog, formatBytes, h, icon, timeAgo, toast } from "./dom.js";
+import { openDocument } from "./open-document.js";
 import { emit, state } from "./state.js";
 
 const panel = $("#documents-panel");
@@ -99,6 +100,11 @@ function row(doc) {
         ? h("span", { class: "doc-error small" }, doc.error) : null),
     h("span", { class: `badge badge-${doc.status}` },
       busy ? h("span", { class: "spinner", "aria-hidden": "true" }) : null, STATUS[doc.status] ?? doc.status),
+    h("button", {
+      class: "icon-btn doc-open", type: "button", "aria-label": `Open ${doc.name}`, title: "Open the original",
+      // A PDF opens at its first page, and gets its tab before the download (see openDocument).
+      onclick: () => openDocument(doc.id, doc.name, doc.content_type === "application/pdf" ? 1 : null),
+    }, icon("external")),
     h("button", {
       class: "icon-btn doc-delete", type: "button", "aria-label": `Delete ${doc.name}`, title: "Delete",
       onclick: () => remove(doc),

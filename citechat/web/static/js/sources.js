@@ -1,8 +1,8 @@
 // Source cards under an answer: document, page or page range, passage, relevance; cited ones first, the others
 // folded away; a citation the passage does not back is flagged on the card and on its inline link.
 
-import { documentFile } from "./api.js";
-import { h, icon, toast } from "./dom.js";
+import { h, icon } from "./dom.js";
+import { openDocument } from "./open-document.js";
 
 /** "page 3", "pages 3–4", "page iv (PDF page 5)", or null for formats without pages. */
 export function pageText(source) {
@@ -63,7 +63,7 @@ function card(source, key, final) {
     type: "button",
     title: "Open the document to check the passage",
     "aria-label": `Open ${source.document_name}${page ? ` at ${page}` : ""}`,
-    onclick: () => openDocument(source),
+    onclick: () => openDocument(source.ragie_document_id, source.document_name, source.page_number),
   }, page ?? "Open document", icon("external")) : null;
   const details = h("span", { class: "source-details" },
     open ?? (page ? h("span", { class: "source-page" }, page) : null),
@@ -96,52 +96,6 @@ function card(source, key, final) {
     item.append(toggle);
   }
   return item;
-}
-
-// The newest blob URL of each document opened: replaced (and released) when it is opened again, so a page open
-// all day holds one copy of each document it showed, not one per click. All are released with the page.
-const openedUrls = new Map();
-
-/** Opens the source's document in a new tab, to check the passage against the original: a PDF at the cited page
- * (``#page=N``, which browsers' PDF viewers honour), Markdown and text as plain text. HTML and DOCX are downloaded
- * instead: shown from a blob of this page, an uploaded HTML page would run as part of citechat. */
-async function openDocument(source) {
-  // A PDF (the only format with pages) gets its tab now, while the click still counts as the user's: after a long
-  // download a popup blocker would stop it. Other files are small, and may be downloaded rather than shown.
-  const tab = source.page_number ? window.open("", "_blank") : null;
-  try {
-    const file = await documentFile(source.ragie_document_id);
-    const pdf = file.type === "application/pdf";
-    if (!pdf && file.type !== "text/plain" && file.type !== "text/markdown") {
-      tab?.close();
-      save(file);
-      return;
-    }
-    const url = URL.createObjectURL(new Blob([file.blob], { type: pdf ? file.type : "text/plain;charset=utf-8" }));
-    URL.revokeObjectURL(openedUrls.get(source.ragie_document_id));
-    openedUrls.set(source.ragie_document_id, url);
-    const target = pdf && source.page_number ? `${url}#page=${source.page_number}` : url;
-    const shown = tab ?? window.open("", "_blank");
-    if (!shown) {
-      toast("Allow pop-ups for this site to open documents in a new tab.", "error");
-      return;
-    }
-    shown.opener = null;
-    shown.location.href = target;
-  } catch (error) {
-    tab?.close();
-    const reason = error.status === 404 ? "it has been deleted" : error.message;
-    toast(`Could not open ${source.document_name}: ${reason}.`, "error");
-  }
-}
-
-function save(file) {
-  const url = URL.createObjectURL(file.blob);
-  const link = h("a", { href: url, download: file.name, hidden: true });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 0);
 }
 
 let highlightTimer = 0;
