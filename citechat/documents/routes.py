@@ -11,6 +11,7 @@ from citechat.api.dependencies import CurrentPrincipal, DbSession, get_settings
 from citechat.api.errors import ErrorBody, error_responses
 from citechat.db.text import Storable
 from citechat.documents import formats, schemas, service
+from citechat.documents.models import Document
 from citechat.retrievers.base import Organization
 from citechat.settings import Settings
 
@@ -102,14 +103,14 @@ async def get_document_file(
     if_none_match: Annotated[str | None, Header(description="An `ETag` from an earlier download.")] = None,
 ) -> Response:
     """What a citation's page is checked against: the original, not the text citechat read from it."""
-    stored = await service.get_file(db, organization, document_id)
-    document = stored.document
+    document = await service.get(db, organization, document_id)
     headers = {"ETag": f'"{document.sha256}"', "Cache-Control": "private, no-cache"}
-    if if_none_match and _matches(if_none_match, document.sha256):
+    if if_none_match and _matches(if_none_match, document.sha256):  # the bytes are not even read
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     disposition = "inline" if document.content_type in formats.SHOWN_INLINE else "attachment"
     headers |= {"Content-Disposition": f"{disposition}; {_filename(document)}", "X-Content-Type-Options": "nosniff"}
-    return Response(stored.content, media_type=document.content_type, headers=headers)  # text: charset=utf-8 added
+    content = await service.content(db, document)
+    return Response(content, media_type=document.content_type, headers=headers)  # text: charset=utf-8 added
 
 
 def _matches(if_none_match: str, sha256: str) -> bool:
@@ -117,7 +118,7 @@ def _matches(if_none_match: str, sha256: str) -> bool:
     return "*" in tags or f'"{sha256}"' in tags
 
 
-def _filename(document) -> str:
+def _filename(document: Document) -> str:
     """``Content-Disposition``'s file name: the document's name with its format's extension, in ASCII for old
     clients and in full as RFC 6266's ``filename*``."""
     extension = formats.EXTENSIONS.get(document.content_type, "")

@@ -24,12 +24,6 @@ class InvalidUpload(CitechatError):
 
 
 @dataclass(frozen=True)
-class StoredFile:
-    document: models.Document
-    content: bytes
-
-
-@dataclass(frozen=True)
 class Accepted:
     document: models.Document
     created: bool  # False: identical content was already uploaded (and not failed) in this organization
@@ -117,18 +111,13 @@ async def get(db: AsyncSession, organization: Organization, document_id: uuid.UU
     return document
 
 
-async def get_file(db: AsyncSession, organization: Organization, document_id: uuid.UUID) -> StoredFile:
-    """The document with its bytes as uploaded, whatever its indexing status (a failed PDF can still be opened)."""
-    found = (
-        await db.execute(
-            select(models.Document, models.DocumentFile.content)
-            .join(models.DocumentFile, models.DocumentFile.document_id == models.Document.id)
-            .where(models.Document.id == document_id, models.Document.organization_id == organization.id)
-        )
-    ).first()
-    if found is None:
+async def content(db: AsyncSession, document: models.Document) -> bytes:
+    """The document's bytes as uploaded (``document`` from ``get``, so already the caller's), whatever its indexing
+    status: a PDF that failed to index can still be opened."""
+    found = await db.scalar(select(models.DocumentFile.content).where(models.DocumentFile.document_id == document.id))
+    if found is None:  # deleted since it was found
         raise NotFound("document not found")
-    return StoredFile(*found)
+    return found
 
 
 async def list_documents(

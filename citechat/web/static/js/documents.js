@@ -1,5 +1,6 @@
 // The documents panel: upload by drag and drop or picker (with progress), the organization's documents with their
-// status (processing, ready, failed with the reason), open the original, and delete. Statuses are polled while any is in progress.
+// status (processing, ready, failed with the reason), open the original, and delete. Statuses are polled while any
+// is in progress.
 
 import { api, upload } from "./api.js";
 import { $, confirmDialog, formatBytes, h, icon, timeAgo, toast } from "./dom.js";
