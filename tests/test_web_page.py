@@ -270,6 +270,29 @@ def test_a_cited_page_opens_in_its_document(watched, person):
     watched.assert_clean()
 
 
+def test_an_answer_is_copied_with_the_sources_it_cites(watched, person):
+    """Pasted into a report, the answer's markers still point somewhere: the copy lists the cited sources, by
+    number, with document and page."""
+    person.add_document("field-notes.pdf", samples.pdf(samples.TOPICS))
+    watched.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = watched.open()
+    ask(page, GLACIER)
+    answer = page.locator(".msg-assistant").last
+    expect(answer).to_have_attribute("data-state", "completed")
+    number = answer.locator("a.cite").first.inner_text()
+    answer.get_by_role("button", name="Copy the answer with its sources").click()
+    expect(page.locator("#toasts")).to_contain_text("Answer copied with its sources")
+    [stored] = [m for m in person.api("GET", _messages(person)).json() if m["role"] == "assistant"]
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == f"{stored['content']}\n\nSources:\n[{number}] field-notes.pdf, page 3\n"
+    watched.assert_clean()
+
+
+def _messages(person) -> str:
+    session = person.api("GET", "/api/v1/chat/session").json()
+    return f"/api/v1/chat/session/{session['id']}/messages"
+
+
 # The page's Content-Security-Policy lets it fetch nothing but its own origin, blob URLs included: the test keeps
 # each blob the page makes a URL of, to read it back.
 _KEEP_BLOBS = """() => {

@@ -1,7 +1,7 @@
 // How one message looks: the user's question, and an answer that goes thinking -> streaming -> completed, failed,
 // stopped or rate-limited. Views only draw; conversation.js decides what happens.
 
-import { h, icon, timeAgo } from "./dom.js";
+import { h, icon, timeAgo, toast } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { cardId, isUnsupported, pageText, sourcesBlock } from "./sources.js";
 
@@ -109,7 +109,12 @@ export class AnswerView {
     if (message.model_used) bits.push(message.model_used);
     if (message.processing_time_ms) bits.push(`${(message.processing_time_ms / 1000).toFixed(1)} s`);
     if (message.created_at) bits.push(timeAgo(message.created_at));
-    if (bits.length) this.notice.append(h("p", { class: "answer-meta muted small" }, bits.join(" · ")));
+    const copy = h("button", {
+      class: "icon-btn copy-answer", type: "button", title: "Copy the answer with its sources",
+      "aria-label": "Copy the answer with its sources", onclick: () => copyAnswer(message),
+    }, icon("copy"));
+    this.notice.append(h("div", { class: "answer-footer" },
+      bits.length ? h("p", { class: "answer-meta muted small" }, bits.join(" · ")) : null, copy));
   }
 
   error(detail, retry) {
@@ -140,6 +145,33 @@ export class AnswerView {
         "Connection lost. Reconnecting…"));
     }
   }
+}
+
+/** The answer as its Markdown, followed by the sources it cites ("[1] name, page 3"), so that the citations
+ * still point somewhere once pasted into a report. */
+export function answerWithSources(message) {
+  const cited = (message.sources ?? []).filter((s) => s.cited).sort((a, b) => (a.rank ?? 0) - (b.rank ?? 0));
+  const lines = cited.map((s) => {
+    const page = pageText(s);
+    return `[${s.rank}] ${s.document_name}${page ? `, ${page}` : ""}${isUnsupported(s) ? " (not clearly supported)" : ""}`;
+  });
+  return lines.length ? `${message.content}\n\nSources:\n${lines.join("\n")}\n` : `${message.content}\n`;
+}
+
+async function copyAnswer(message) {
+  const text = answerWithSources(message);
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // No clipboard API (a page served over plain HTTP by another name than localhost): the older way.
+    const area = h("textarea", { class: "sr-only", readonly: "" }, text);
+    document.body.append(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    if (!copied) return toast("Could not copy: the browser refused.", "error");
+  }
+  toast("Answer copied with its sources");
 }
 
 function retryButton(onClick, label = "Retry") {
