@@ -65,6 +65,8 @@ async def test_upload_goes_to_the_organizations_partition(ragie_client, ragie_ap
     document = await wait_done(ragie_client, headers, accepted.json()["id"])
     assert (document["status"], document["backend"]) == ("ready", "ragie")
     assert document["pages"] == 3 and document["chunks"] >= 2  # Ragie's own counts
+    original = await ragie_client.get(f"{DOCS}/{document['id']}/file", headers=headers)
+    assert (original.status_code, original.text) == (200, HANDBOOK)  # citations to Ragie's passages open it too
 
     organization = await org_of(db, org)
     [create] = ragie_server.requests_to("POST", "/documents")
