@@ -116,6 +116,37 @@ async def test_archived_sessions_hidden_unless_asked(client: httpx.AsyncClient, 
     assert fresh["id"] != active["id"] and fresh["is_active"] is True
 
 
+async def test_sessions_found_by_what_their_title_or_messages_say(client: httpx.AsyncClient, identity, db):
+    headers, stranger = identity(), identity()
+    titled, said, silent, archived = [
+        (await client.post(f"{API}/session/new", headers=headers)).json()["id"] for _ in range(4)
+    ]
+    await client.patch(f"{API}/session/{titled}", json={"title": "GLACIER questions"}, headers=headers)
+    for session_id, content in ((said, "How far did the glacier retreat? 100% of it?"), (archived, "glacier again")):
+        db.add(models.ChatMessage(session_id=uuid.UUID(session_id), role="user", content=content))
+    await db.commit()
+    assert (await client.post(f"{API}/session/{archived}/archive", headers=headers)).status_code == 204
+    theirs = (await client.get(f"{API}/session", headers=stranger)).json()["id"]
+    await client.patch(f"{API}/session/{theirs}", json={"title": "glacier"}, headers=stranger)
+
+    async def found(q: str, **params) -> list[str]:
+        response = await client.get(f"{API}/sessions", params={"q": q, **params}, headers=headers)
+        assert response.status_code == 200, response.text
+        return [s["id"] for s in response.json()]
+
+    # The latest changed first (the rename came after the messages), in any case; never another user's.
+    assert await found("Glacier") == [titled, said]
+    assert await found("  glacier ") == [titled, said]
+    assert await found("glacier", include_archived="true") == [archived, titled, said]
+    assert await found("100%") == [said]  # % and _ are themselves, not wildcards
+    assert await found("1_0") == [] and await found("moraine") == []
+    assert silent not in await found("glacier", include_archived="true")
+    assert await found("glacier", limit=1, before=titled) == [said]
+    for bad in ("", "   ", "x" * 201, "a\x00"):
+        response = await client.get(f"{API}/sessions", params={"q": bad}, headers=headers)
+        assert response.status_code == 422 and response.json()["detail"], bad
+
+
 async def test_delete_cascades_to_messages_and_sources(client: httpx.AsyncClient, identity, db):
     headers = identity()
     session = (await client.get(f"{API}/session", headers=headers)).json()

@@ -143,6 +143,17 @@ def test_history_new_chat_rename_archive_delete(watched, person):
     expect(page.locator(".msg-user")).to_have_text(["What did the lighthouse keeper log?"])
     expect(page.locator("#chat-title")).to_have_text("What did the lighthouse keeper log?")
 
+    # Search: by what was asked, in any case; clearing it brings every chat back.
+    search = page.get_by_role("searchbox", name="Search chats")
+    search.fill("LIGHTHOUSE keeper")
+    expect(page.locator(".session")).to_have_count(1)
+    expect(page.locator(".session .session-title")).to_have_text("What did the lighthouse keeper log?")
+    search.fill("moraine")
+    expect(page.locator(".session")).to_have_count(0)
+    expect(page.locator("#history-empty")).to_have_text("No chats match.")
+    search.fill("")
+    expect(page.locator(".session")).to_have_count(2)
+
     # Rename.
     first.get_by_role("button", name=re.compile("Actions for")).click()
     page.get_by_role("menuitem", name="Rename").click()

@@ -4,10 +4,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from pydantic import StringConstraints
 
 from citechat.api.dependencies import CurrentPrincipal, DbSession
 from citechat.api.errors import error_responses
 from citechat.chat import schemas, service
+from citechat.db.text import Storable
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"], responses=error_responses(401, 403, 503))
 _owned = error_responses(404)
@@ -32,8 +34,16 @@ async def list_sessions(
     include_archived: bool = False,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     before: Annotated[uuid.UUID | None, Query(description="Continue after this session id.")] = None,
+    q: Annotated[
+        str | None,
+        Query(description="Only sessions whose title or messages contain this text, in any case."),
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+        Storable,
+    ] = None,
 ) -> list[schemas.ChatSession]:
-    return await service.list_sessions(db, principal, include_archived=include_archived, limit=limit, before=before)
+    return await service.list_sessions(
+        db, principal, include_archived=include_archived, limit=limit, before=before, containing=q
+    )
 
 
 @router.get("/session/{session_id}/messages", summary="A session's messages", responses=_owned)

@@ -1,10 +1,11 @@
 """Chat sessions of one caller. Every lookup is scoped to the caller's user and organization, so a session
 that belongs to someone else is indistinguishable from one that does not exist."""
 
+import re
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, exists, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -117,11 +118,18 @@ async def list_sessions(
     include_archived: bool,
     limit: int,
     before: uuid.UUID | None = None,
+    containing: str | None = None,
 ) -> list[schemas.ChatSession]:
-    """Newest first; ``before`` (a session id from the previous page) continues after that session."""
+    """Newest first; ``before`` (a session id from the previous page) continues after that session; ``containing``:
+    only sessions whose title or any message holds that text, in any case (``%`` and ``_`` are themselves)."""
     query = select(models.ChatSession, _message_count).where(*_owned_by(principal))
     if not include_archived:
         query = query.where(models.ChatSession.is_archived.is_(False))
+    if containing is not None:
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", containing) + "%"
+        message = models.ChatMessage
+        said = exists().where(message.session_id == models.ChatSession.id, message.content.ilike(pattern, escape="\\"))
+        query = query.where(or_(models.ChatSession.title.ilike(pattern, escape="\\"), said))
     if before is not None:
         cursor = await get_owned(db, principal, before)
         query = query.where(

@@ -1,5 +1,6 @@
 // The history sidebar: the caller's sessions newest first (title, last activity), new chat, rename, archive, delete
-// (after confirming), and a switch that shows archived ones. Collapsible; an overlay drawer on narrow screens.
+// (after confirming), a search over titles and messages, and a switch that shows archived ones. Collapsible; an
+// overlay drawer on narrow screens.
 
 import { api } from "./api.js";
 import { openSession, updateEmpty } from "./conversation.js";
@@ -9,12 +10,19 @@ import { emit, on, state } from "./state.js";
 const CHAT = "/api/v1/chat";
 const list = $("#session-list");
 const showArchived = $("#show-archived");
+const search = $("#history-search");
+const SEARCH_DELAY_MS = 250; // typing pauses this long before the history is searched
+let searchTimer = 0;
 const narrow = window.matchMedia("(max-width: 860px)");
 let sessions = [];
 
 export function initSidebar() {
   $("#new-chat").addEventListener("click", newChat);
   showArchived.addEventListener("change", refresh);
+  search.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => refresh().catch((error) => toast(error.message, "error")), SEARCH_DELAY_MS);
+  });
   $("#sidebar-open").addEventListener("click", () => setOpen(!isOpen()));
   $("#sidebar-close").addEventListener("click", () => setOpen(false));
   $("#sidebar-backdrop").addEventListener("click", () => setOpen(false));
@@ -48,7 +56,9 @@ export function setOpen(open) {
 }
 
 export async function refresh() {
-  sessions = await api(`${CHAT}/sessions?include_archived=${showArchived.checked}&limit=100`);
+  const query = new URLSearchParams({ include_archived: showArchived.checked, limit: 100 });
+  if (search.value.trim()) query.set("q", search.value.trim());
+  sessions = await api(`${CHAT}/sessions?${query}`);
   const current = sessions.find((s) => s.id === state.session?.id);
   if (current) {
     state.session = { ...state.session, ...current };
@@ -59,7 +69,9 @@ export async function refresh() {
 
 function draw() {
   list.replaceChildren(...sessions.map(item));
-  $("#history-empty").hidden = sessions.length > 0;
+  const empty = $("#history-empty");
+  empty.hidden = sessions.length > 0;
+  empty.textContent = search.value.trim() ? "No chats match." : "No chats yet.";
   markCurrent();
 }
 
