@@ -299,6 +299,31 @@ def test_an_answer_is_copied_with_the_sources_it_cites(watched, person):
     watched.assert_clean()
 
 
+def test_a_chat_exports_as_markdown_with_its_sources(watched, person, tmp_path):
+    person.add_document("field-notes.pdf", samples.pdf(samples.TOPICS))
+    page = watched.open()
+    ask(page, GLACIER)
+    expect(page.locator(".msg-assistant").last).to_have_attribute("data-state", "completed")
+    ask(page, "What did the lighthouse keeper log?")
+    expect(page.locator(".msg-assistant").last).to_have_attribute("data-state", "completed")
+    page.locator(".session.current").get_by_role("button", name=re.compile("Actions for")).click()
+    with page.expect_download() as downloaded:
+        page.get_by_role("menuitem", name="Export").click()
+    assert downloaded.value.suggested_filename == f"{GLACIER[:50]}....md"
+    path = tmp_path / "chat.md"
+    downloaded.value.save_as(path)
+    stored = person.api("GET", _messages(person)).json()
+    first, second = (m for m in stored if m["role"] == "assistant")
+    text = path.read_text()
+    assert text.startswith(f"# {GLACIER[:50]}...\n\nExported from citechat on ")
+    assert text.endswith(
+        f"**You:** {GLACIER}\n\n**citechat:** {first['content']}\n\nSources:\n[1] field-notes.pdf, page 3\n\n"
+        f"**You:** What did the lighthouse keeper log?\n\n**citechat:** {second['content']}\n\nSources:\n"
+        "[1] field-notes.pdf, page 1\n"
+    )
+    watched.assert_clean()
+
+
 def _messages(person) -> str:
     session = person.api("GET", "/api/v1/chat/session").json()
     return f"/api/v1/chat/session/{session['id']}/messages"

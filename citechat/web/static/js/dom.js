@@ -54,6 +54,7 @@ const PATHS = {
   quote: "M7 7h4v4c0 3-1.5 5-4 6M14 7h4v4c0 3-1.5 5-4 6",
   external: "M14 4h6v6M20 4l-9 9M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5",
   copy: "M9 9h11v11H9zM5 15H4V4h11v1",
+  download: "M12 4v11M7 10l5 5 5-5M4 19h16",
   wifi: "M2 8.5a15 15 0 0 1 20 0M5.5 12a10 10 0 0 1 13 0M9 15.5a5 5 0 0 1 6 0M12 19h.01",
 };
 
@@ -130,4 +131,14 @@ export function confirmDialog({ title, text, action = "Delete" }) {
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
   });
+}
+
+/** Saves ``blob`` as a file called ``name`` (the browser's download, never shown as a page). */
+export function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 0);
 }

@@ -2,7 +2,7 @@
 // the cited page, or from the documents panel.
 
 import { documentFile } from "./api.js";
-import { h, toast } from "./dom.js";
+import { download, toast } from "./dom.js";
 
 // The newest blob URL of each document opened: replaced (and released) when it is opened again, so a page open
 // all day holds one copy of each document it showed, not one per click. All are released with the page.
@@ -20,7 +20,7 @@ export async function openDocument(id, name, page = null) {
     const pdf = file.type === "application/pdf";
     if (!pdf && file.type !== "text/plain" && file.type !== "text/markdown") {
       tab?.close();
-      save(file);
+      download(file.blob, file.name);
       return;
     }
     const url = URL.createObjectURL(new Blob([file.blob], { type: pdf ? file.type : "text/plain;charset=utf-8" }));
@@ -39,13 +39,4 @@ export async function openDocument(id, name, page = null) {
     const reason = error.status === 404 ? "it has been deleted" : error.message;
     toast(`Could not open ${name}: ${reason}.`, "error");
   }
-}
-
-function save(file) {
-  const url = URL.createObjectURL(file.blob);
-  const link = h("a", { href: url, download: file.name, hidden: true });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 0);
 }

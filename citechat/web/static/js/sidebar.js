@@ -1,10 +1,11 @@
 // The history sidebar: the caller's sessions newest first (title, last activity), new chat, rename, archive, delete
-// (after confirming), a search over titles and messages, and a switch that shows archived ones. Collapsible; an
-// overlay drawer on narrow screens.
+// (after confirming), export (a Markdown file), a search over titles and messages, and a switch that shows archived
+// ones. Collapsible; an overlay drawer on narrow screens.
 
 import { api } from "./api.js";
 import { openSession, updateEmpty } from "./conversation.js";
 import { $, confirmDialog, h, icon, timeAgo, toast } from "./dom.js";
+import { exportSession } from "./export.js";
 import { emit, on, state } from "./state.js";
 
 const CHAT = "/api/v1/chat";
@@ -114,6 +115,7 @@ function openMenu(row, button, session) {
   }, icon(name), label);
   const menu = h("div", { class: "session-menu", role: "menu", "aria-label": `Actions for “${session.title}”` },
     entry("Rename", "pencil", rename),
+    entry("Export", "download", exportSession),
     session.is_archived ? null : entry("Archive", "archive", archive),
     entry("Delete", "trash", remove, true));
   menu.addEventListener("keydown", (event) => {
