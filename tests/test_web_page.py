@@ -324,6 +324,37 @@ def test_a_chat_exports_as_markdown_with_its_sources(watched, person, tmp_path):
     watched.assert_clean()
 
 
+def test_a_question_typed_and_not_sent_is_kept_per_chat(watched, person):
+    """A reload, a closed tab or a switch to another chat loses no unsent question; sending it, or signing out,
+    forgets it."""
+    page = watched.open()
+    box = page.get_by_role("textbox", name="Ask a question about your documents")
+    ask(page, "What did the lighthouse keeper log?")
+    expect(page.locator(".msg-assistant").last).to_have_attribute("data-state", "completed")
+    box.fill("How far did the glacier")
+    page.reload()
+    expect(box).to_have_value("How far did the glacier")
+    page.get_by_role("button", name="New chat", exact=True).click()
+    expect(page.locator(".session")).to_have_count(2)
+    expect(box).to_have_value("")
+    box.fill("A second draft")
+    page.locator(".session", has_text="lighthouse keeper").locator(".session-open").click()
+    expect(box).to_have_value("How far did the glacier")
+    box.press("End")
+    box.type(" retreat?")
+    box.press("Enter")
+    expect(page.locator(".msg-assistant").last).to_have_attribute("data-state", "completed")
+    expect(box).to_have_value("")
+    page.reload()
+    expect(box).to_have_value("")
+    page.locator(".session", has_text="New Chat").locator(".session-open").click()
+    expect(box).to_have_value("A second draft")
+    page.locator("#sign-out").click()
+    drafts = page.evaluate("Object.keys(localStorage).filter((key) => key.startsWith('citechat.draft.'))")
+    assert drafts == []
+    watched.assert_clean()
+
+
 def _messages(person) -> str:
     session = person.api("GET", "/api/v1/chat/session").json()
     return f"/api/v1/chat/session/{session['id']}/messages"

@@ -3,6 +3,7 @@
 
 const TOKEN_KEY = "citechat.token";
 const ORG_KEY = "citechat.org";
+export const DRAFT_PREFIX = "citechat.draft."; // + session id: a question typed and not sent yet
 
 export const auth = {
   token: localStorage.getItem(TOKEN_KEY),
@@ -24,6 +25,9 @@ export const auth = {
     this.token = this.org = null;
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(ORG_KEY);
+    for (const key of Object.keys(localStorage)) {
+      if (key.startsWith(DRAFT_PREFIX)) localStorage.removeItem(key); // unsent questions leave with the user
+    }
   },
 };
 

@@ -1,7 +1,7 @@
 // The page's entry point: sign in, then open the active session (or the one this tab had open), and wire the
 // composer, keyboard, theme and panels together.
 
-import { api, auth } from "./api.js";
+import { DRAFT_PREFIX, api, auth } from "./api.js";
 import { signIn } from "./auth.js";
 import { ask, openSession, refreshLimits, stop, updateEmpty } from "./conversation.js";
 import { initDocuments, refresh as refreshDocuments, setOpen as setDocumentsOpen } from "./documents.js";
@@ -79,9 +79,24 @@ function initComposer() {
     input.style.height = "auto";
     input.style.height = `${Math.min(input.scrollHeight, 220)}px`;
   };
+  // What is typed is kept per chat until it is sent: a reload, a closed tab or a switch to another chat loses none.
+  const draftKey = () => (state.session ? DRAFT_PREFIX + state.session.id : null);
   input.addEventListener("input", () => {
     resize();
     syncComposer();
+    const key = draftKey();
+    if (key && input.value.trim()) localStorage.setItem(key, input.value);
+    else if (key) localStorage.removeItem(key);
+  });
+  let draftOf = null; // the chat whose draft the box holds: none until a first one opens
+  on("session-opened", (session) => {
+    if (draftOf === null && input.value.trim()) {
+      localStorage.setItem(draftKey(), input.value); // typed while the page loaded: the newest words win
+    } else {
+      input.value = localStorage.getItem(draftKey()) ?? ""; // the last chat's draft stays with it
+    }
+    draftOf = session.id;
+    resize();
   });
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -93,10 +108,14 @@ function initComposer() {
     event.preventDefault();
     const question = input.value.trim();
     if (!question || state.live) return;
+    const key = draftKey();
     if (await ask(question)) {
-      input.value = "";
-      resize();
-      syncComposer();
+      localStorage.removeItem(key);
+      if (draftKey() === key) {
+        input.value = "";
+        resize();
+        syncComposer();
+      }
     }
   });
   stopButton.addEventListener("click", () => stop());
