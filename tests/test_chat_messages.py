@@ -134,6 +134,49 @@ async def test_refusals_and_bad_input(client, asker, identity):
     assert messages == []  # nothing was stored for refused requests
 
 
+async def test_a_question_asked_about_some_documents_is_answered_from_them_only(client, asker, identity):
+    """Asked about one document, only its passages are searched and cited (a question another document answers
+    is refused in Strict); the answer says which documents it was asked about, and a retry asks them again."""
+    headers, session = asker
+    notes = (await client.get("/api/v1/documents", headers=headers)).json()[0]
+    handbook = await ingest(client, headers, samples.pdf(["Survey teams start at the east camp at six."]), "h.pdf")
+    scope = {"document_ids": [handbook["id"]], "mode": "strict"}
+
+    answer = await ask(client, headers, session, "When do survey teams start?", **scope)
+    assert {source["ragie_document_id"] for source in answer["sources"]} == {handbook["id"]}
+    assert answer["metadata"]["documents"] == [handbook["id"]] and "six" in answer["content"]
+    elsewhere = await ask(client, headers, session, "How far did the glacier retreat?", **scope)
+    assert elsewhere["content"] == REFUSAL  # the field notes answer it, and were not asked
+    everywhere = await ask(client, headers, session, "How far did the glacier retreat?", mode="strict")
+    assert "312 metres" in everywhere["content"] and "documents" not in everywhere["metadata"]
+    both = await ask(client, headers, session, "How far did the glacier retreat?", mode="strict",
+                     document_ids=[notes["id"], handbook["id"], notes["id"]])  # fmt: skip
+    assert "312 metres" in both["content"] and both["metadata"]["documents"] == [notes["id"], handbook["id"]]
+
+    again = await ask(client, headers, session, "How far did the glacier retreat?", **scope)
+    retried = await client.post(f"{API}/message/{again['id']}/retry", json={}, headers=headers)
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["content"], retried.json()["metadata"]["documents"]) == (REFUSAL, [handbook["id"]])
+
+    theirs = await ingest(client, identity(), samples.pdf(["Another organization's survey notes."]), "t.pdf")
+    for document_ids, why in (
+        ([theirs["id"]], "not documents of this organization"),
+        ([str(uuid.uuid4())], "not documents of this organization"),
+        ([], "at least 1"),
+        ([str(uuid.uuid4()) for _ in range(21)], "at most 20"),
+        (["not-an-id"], "UUID"),
+    ):
+        response = await client.post(
+            f"{API}/message",
+            params={"session_id": session["id"]},
+            json={"question": "When do survey teams start?", "document_ids": document_ids},
+            headers=headers,
+        )
+        assert response.status_code == 422 and why in json.dumps(response.json()), response.text
+    messages = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()
+    assert len(messages) == 10  # five questions answered; the refused requests stored nothing
+
+
 async def test_text_the_database_cannot_store_is_a_422_and_stores_nothing(client, asker):
     """A NUL character, or half of a surrogate pair (a JSON escape can carry one), failed the question's insert:
     a 500 after the question was admitted."""

@@ -407,12 +407,21 @@ async def test_an_organization_with_a_share_of_the_index_gets_its_whole_dense_ra
         big, small = await organization(runtime, "big"), await organization(runtime, "small")
         await load_synthetic(runtime.database, big, passages, vectors, start=0, stop=8000)
         await load_synthetic(runtime.database, small, passages, vectors, start=8000, stop=10000)
-        found = []
+        async with runtime.database.sessions() as db:  # one of the small organization's documents (100 chunks)
+            [document] = await db.scalars(
+                select(models.Document.id).where(models.Document.organization_id == small.id).limit(1)
+            )
+        found, scoped = [], []
         for _ in range(8):  # past the five runs after which a connection may plan a prepared statement generically
             query = rng.normal(size=384).astype(np.float32)
             query /= np.linalg.norm(query)
             ranked = await runtime.index.search_vector(small, "w1 w2", query.tolist(), 100, mode="dense")
             found.append(len(ranked))
+            # Asked about one document, every one of its chunks is ranked (not what the HNSW scan happened to find).
+            within = await runtime.index.search_vector(
+                small, "w1 w2", query.tolist(), 100, mode="dense", documents=(document,)
+            )
+            scoped.append({n.node.metadata["document_id"] for n in within} == {str(document)} and len(within))
         # The deeper scan and the planning are the search's own: the pooled connections keep the defaults.
         pool = runtime.database.pool
         connections = [await pool.acquire() for _ in range(pool.get_size())]
@@ -424,5 +433,5 @@ async def test_an_organization_with_a_share_of_the_index_gets_its_whole_dense_ra
         finally:
             for connection in connections:
                 await pool.release(connection)
-    assert found == [100] * 8
+    assert found == [100] * 8 and scoped == [100] * 8
     assert connections and all(tuple(row) in {(None, "auto"), ("40", "auto")} for row in settings), settings

@@ -233,6 +233,19 @@ async def test_retrieval_without_rerank_and_without_chunk_cap(ragie: RagieStandI
     assert [n.node.metadata["pages"] for n in nodes] == ["1", "1-2", "2-3"]
 
 
+async def test_a_search_within_some_documents_filters_on_citechats_ids(ragie: RagieStandIn, index: RagieIndex):
+    """Asked about some documents, Ragie is sent a metadata filter on the id citechat gave each (``$in``)."""
+    organization = org()
+    handbook, _ = await ingest(index, organization)
+    memo, _ = await ingest(index, organization, "Travel budget memo: receipts go to the travel desk.", name="memo.txt")
+    everywhere = await index.retriever(organization, top_k=8).aretrieve("travel budget receipts")
+    assert {n.node.metadata["document_id"] for n in everywhere} == {str(handbook), str(memo)}
+    nodes = await index.retriever(organization, top_k=8, documents=(memo,)).aretrieve("travel budget receipts")
+    assert nodes and {n.node.metadata["document_id"] for n in nodes} == {str(memo)}
+    request = ragie.requests_to("POST", "/retrievals")[-1]
+    assert request.json["filter"] == {"citechat_document_id": {"$in": [str(memo)]}}
+
+
 async def test_when_rerank_finds_nothing_the_search_runs_once_without_it(ragie: RagieStandIn, index: RagieIndex):
     organization = org()
     await ingest(index, organization)

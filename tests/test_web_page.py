@@ -355,6 +355,50 @@ def test_a_question_typed_and_not_sent_is_kept_per_chat(watched, person):
     watched.assert_clean()
 
 
+def test_questions_asked_about_chosen_documents_only(watched, person):
+    """Ticked in the documents panel, documents become the only ones asked about: a chip says so, the answers
+    cite them alone (Strict refuses what only another document says), and clearing the chip asks all of them."""
+    person.add_document("field-notes.pdf", samples.pdf(samples.TOPICS))
+    person.add_document("camp-rules.pdf", samples.pdf(["Survey teams start at the east camp at six."]))
+    page = watched.open()
+    page.locator("#documents-button").click()
+    panel = page.locator("#documents-panel")
+    panel.get_by_role("checkbox", name="Ask about camp-rules.pdf").check()
+    chip = page.locator("#scope-chip")
+    expect(chip).to_have_text("Asking about camp-rules.pdf only")
+    page.keyboard.press("Escape")
+    ask(page, GLACIER)
+    answer = page.locator(".msg-assistant").last
+    expect(answer).to_have_attribute("data-state", "completed")
+    expect(answer.locator(".markdown")).to_have_text(
+        "I don't have enough information in your documents to answer that."
+    )
+    expect(answer.locator(".answer-meta")).to_contain_text("asked about 1 document")
+
+    page.locator("#documents-button").click()
+    panel.get_by_role("checkbox", name="Ask about field-notes.pdf").check()
+    expect(chip).to_have_text("Asking about camp-rules.pdf and 1 more only")
+    page.keyboard.press("Escape")
+    ask(page, GLACIER)
+    answer = page.locator(".msg-assistant").last
+    expect(answer).to_have_attribute("data-state", "completed")
+    expect(answer.locator(".markdown")).to_contain_text("312 metres")
+    watched.screenshot("13-asked-about-chosen-documents")
+
+    chip.get_by_role("button", name="Ask about all documents again").click()
+    expect(chip).to_be_hidden()
+    page.locator("#documents-button").click()
+    expect(panel.get_by_role("checkbox", name="Ask about field-notes.pdf")).not_to_be_checked()
+    page.keyboard.press("Escape")
+    ask(page, "When do survey teams start?")
+    answer = page.locator(".msg-assistant").last
+    expect(answer).to_have_attribute("data-state", "completed")
+    expect(answer.locator(".answer-meta")).not_to_contain_text("asked about")
+    stored = [m for m in person.api("GET", _messages(person)).json() if m["role"] == "assistant"]
+    assert [len(m["metadata"].get("documents", [])) for m in stored] == [1, 2, 0]
+    watched.assert_clean()
+
+
 def _messages(person) -> str:
     session = person.api("GET", "/api/v1/chat/session").json()
     return f"/api/v1/chat/session/{session['id']}/messages"

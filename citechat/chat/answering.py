@@ -57,6 +57,7 @@ from citechat.chat.search_ahead import SearchAhead
 from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.db.statements import UNAVAILABLE, Runner, Statement
+from citechat.documents.models import Document
 from citechat.errors import CitechatError, Conflict, NotFound
 from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider
@@ -64,7 +65,7 @@ from citechat.pipeline.modes import POLICIES, ResponseMode
 from citechat.pipeline.prompts import PromptStore
 from citechat.ratelimits import storage
 from citechat.ratelimits.service import Quota, RateLimited, RateLimits
-from citechat.retrievers.base import IndexBackend, Organization
+from citechat.retrievers.base import Documents, IndexBackend, Organization
 from citechat.telemetry import NO_TELEMETRY, Telemetry
 from citechat.telemetry.tracing import AnswerWatch
 
@@ -144,7 +145,8 @@ class Answering:
     async def begin(self, principal: Principal, session_id: uuid.UUID, request: schemas.SendMessage) -> Turn:
         started = time.perf_counter()
         model = self.llms.choose(request.model)
-        watch, retriever = self.telemetry.start_answer(), self._retriever(principal)
+        documents = await self._scope(principal, request.document_ids)
+        watch, retriever = self.telemetry.start_answer(), self._retriever(principal, documents)
         with self._admitting(principal, watch, retriever):
             if self.index.free_search and self.search_ahead.worth_it(principal.user_id, session_id):
                 # Searched while it is admitted (the engine takes it unless the question is condensed first): the
@@ -171,7 +173,7 @@ class Answering:
             created_at=asked,
             updated_at=asked,
         )
-        assistant = self._new_answer(session_id, mode, model, after=asked)
+        assistant = self._new_answer(session_id, mode, model, documents, after=asked)
         title = _title(request.question) if session["title"] == NEW_SESSION_TITLE else None
         metadata, question = assistant.message_metadata, request.question
         turn = Turn(principal, session_id, user, assistant.id, question, mode, model, history, metadata, quota)
@@ -195,9 +197,9 @@ class Answering:
             watch.refused(exc)
             raise
 
-    def _retriever(self, principal: Principal) -> engine.TimedRetriever:
+    def _retriever(self, principal: Principal, documents: Documents = None) -> engine.TimedRetriever:
         organization = Organization(principal.organization_id, principal.organization)
-        inner = self.index.retriever(organization, self.top_k)
+        inner = self.index.retriever(organization, self.top_k, documents)
         return engine.TimedRetriever(inner, self.retrieval_timeout_s, self.telemetry)
 
     async def _store(
@@ -228,6 +230,8 @@ class Answering:
             quota = await (self.limits.tightest(principal) if free else self._count(principal))
             turn = await self._rewrite(principal, message_id, request, model, quota)
         turn.watch, turn.started = watch, started
+        if (documents := scope_of(turn.metadata)) is not None:  # asked again about the documents it was asked about
+            retriever = self._retriever(principal, documents)
         self._prepare(turn, retriever)
         return turn
 
@@ -246,7 +250,7 @@ class Answering:
             mode = ResponseMode(request.mode or (assistant.message_metadata or {}).get("mode") or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages, before=user.created_at)
             await db.execute(delete(models.ChatSource).where(models.ChatSource.message_id == message_id))
-            fresh = self._new_answer(session_id, mode, model)
+            fresh = self._new_answer(session_id, mode, model, scope_of(assistant.message_metadata or {}))
             for column in ("content", "status", "model_used", "temperature_used", "worker_id"):
                 setattr(assistant, column, getattr(fresh, column))
             attempt = (assistant.message_metadata or {}).get("attempt", 1) + 1
@@ -318,10 +322,34 @@ class Answering:
                     return await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
             await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
 
+    async def _scope(self, principal: Principal, document_ids: list[uuid.UUID] | None) -> Documents:
+        """The documents a question is asked about (None: all): each must be one of the caller's organization's."""
+        if document_ids is None:
+            return None
+        wanted = tuple(dict.fromkeys(document_ids))
+        async with self.autocommit.connect() as db:
+            found = set(
+                await db.scalars(
+                    select(Document.id).where(
+                        Document.organization_id == principal.organization_id, Document.id.in_(wanted)
+                    )
+                )
+            )
+        if missing := [str(document) for document in wanted if document not in found]:
+            raise UnknownDocuments(f"document_ids: not documents of this organization (deleted?): {', '.join(missing)}")
+        return wanted
+
     def _new_answer(
-        self, session_id: uuid.UUID, mode: ResponseMode, model: str, *, after: datetime | None = None
+        self,
+        session_id: uuid.UUID,
+        mode: ResponseMode,
+        model: str,
+        documents: Documents = None,
+        *,
+        after: datetime | None = None,
     ) -> models.ChatMessage:
-        """A pending answer; ``after``: its question's time (the answer is a microsecond later, so it sorts after)."""
+        """A pending answer, with the documents it is asked about (when not all) in its metadata; ``after``: its
+        question's time (the answer is a microsecond later, so it sorts after)."""
         times = {} if after is None else dict.fromkeys(("created_at", "updated_at"), after + timedelta(microseconds=1))
         return models.ChatMessage(
             id=uuid.uuid4(),
@@ -332,7 +360,8 @@ class Answering:
             status="pending",
             model_used=model,
             temperature_used=POLICIES[mode].temperature,
-            message_metadata={"mode": mode.value},
+            message_metadata={"mode": mode.value}
+            | ({} if documents is None else {"documents": list(map(str, documents))}),
             worker_id=self.worker_id,
         )
 
@@ -514,6 +543,16 @@ class Answering:
         params = {"answer_id": turn.assistant_id, "status": status, "text": turn.text, "took_ms": _ms(turn.started)}
         params |= {"at": utcnow(), "error": error_message, "details": error_details}
         await self.statements.execute(_END_STATEMENT, params)
+
+
+class UnknownDocuments(CitechatError):
+    status_code = 422
+
+
+def scope_of(metadata: dict) -> Documents:
+    """The documents an answer was asked about, from its metadata (None: all)."""
+    documents = metadata.get("documents")
+    return None if documents is None else tuple(uuid.UUID(document) for document in documents)
 
 
 def _in_flight():

@@ -89,6 +89,9 @@ class ChatSession(BaseModel):
     message_count: int = 0
 
 
+MAX_SCOPE = 20  # documents a question may be asked about, when not all
+
+
 class Models(BaseModel):
     provider: str = Field(description="extractive, openai or openai-compatible.")
     models: list[str]
@@ -99,6 +102,12 @@ class SendMessage(BaseModel):
     question: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000), Storable]
     mode: ResponseMode | None = Field(default=None, description="Default: the session's mode.")
     model: str | None = Field(default=None, description="Default: the configured model.")
+    document_ids: list[uuid.UUID] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCOPE,
+        description="Ask about these documents only (the organization's; at most 20). Default: all of them.",
+    )
 
 
 class RetryMessage(BaseModel):

@@ -16,6 +16,10 @@ from citechat.errors import CitechatError
 _HIDDEN_FROM_LLM = ["document_id", "chunk_id", "backend", "page_label", "start_page", "end_page", "similarity"]
 
 
+Documents = tuple[uuid.UUID, ...] | None
+"""The documents a question is asked about, all of them of its organization; None: every one of them."""
+
+
 @dataclass(frozen=True)
 class Organization:
     """The tenant a retriever or backend call is scoped to: database id, and the id as tokens state it."""
@@ -99,8 +103,8 @@ class IndexBackend(Protocol):
         """Remove a document from the index; afterwards no retrieval returns its chunks."""
         ...
 
-    def retriever(self, organization: Organization, top_k: int) -> BaseRetriever:
-        """A retriever over this organization's documents only."""
+    def retriever(self, organization: Organization, top_k: int, documents: Documents = None) -> BaseRetriever:
+        """A retriever over this organization's documents only; ``documents``: only these of them (None: all)."""
         ...
 
     async def aclose(self) -> None: ...

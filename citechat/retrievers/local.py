@@ -29,7 +29,7 @@ from citechat.db.statements import Runner, Statement
 from citechat.documents import models
 from citechat.documents.parsing import parse
 from citechat.retrievers import chunking
-from citechat.retrievers.base import IndexMismatch, Ingested, IngestError, Organization, make_node
+from citechat.retrievers.base import Documents, IndexMismatch, Ingested, IngestError, Organization, make_node
 from citechat.retrievers.embeddings import Embedder
 
 SearchMode = Literal["hybrid", "dense", "lexical"]
@@ -46,7 +46,7 @@ _WORDS = re.compile(r"\w+")
 _SEARCH = Statement(
     text(
         "SELECT * FROM citechat_search(:org, :query, :vector, :model, :candidates, :dense_candidates,"
-        " :lexical_candidates, :lexical_pool, :match_terms, :match_budget, :dense_weight, :top_k)"
+        " :lexical_candidates, :lexical_pool, :match_terms, :match_budget, :dense_weight, :top_k, :documents)"
     )
 )
 _OTHER_MODEL = "CC001"  # the SQLSTATE it refuses another model's index with (the recorded model in its DETAIL)
@@ -179,18 +179,32 @@ class LocalIndex:
             )
         )
 
-    def retriever(self, organization: Organization, top_k: int) -> BaseRetriever:
-        return LocalRetriever(self, organization, top_k)
+    def retriever(self, organization: Organization, top_k: int, documents: Documents = None) -> BaseRetriever:
+        return LocalRetriever(self, organization, top_k, documents)
 
     async def search(
-        self, organization: Organization, query: str, top_k: int, *, mode: SearchMode = "hybrid"
+        self,
+        organization: Organization,
+        query: str,
+        top_k: int,
+        *,
+        mode: SearchMode = "hybrid",
+        documents: Documents = None,
     ) -> list[NodeWithScore]:
-        """``mode``: ``hybrid`` (the default and what answers use), or one ranking alone, for evaluation."""
+        """``mode``: ``hybrid`` (the default and what answers use), or one ranking alone, for evaluation;
+        ``documents``: only these of the organization's (None: all)."""
         [vector] = await self._embedder.embed([query])
-        return await self.search_vector(organization, query, vector, top_k, mode=mode)
+        return await self.search_vector(organization, query, vector, top_k, mode=mode, documents=documents)
 
     async def search_vector(
-        self, organization: Organization, query: str, vector: list[float], top_k: int, *, mode: SearchMode = "hybrid"
+        self,
+        organization: Organization,
+        query: str,
+        vector: list[float],
+        top_k: int,
+        *,
+        mode: SearchMode = "hybrid",
+        documents: Documents = None,
     ) -> list[NodeWithScore]:
         """``search`` with the query's embedding already computed (by the configured model: an index built by
         another is refused, by the search itself)."""
@@ -208,6 +222,7 @@ class LocalIndex:
             "match_budget": MATCH_BUDGET,
             "dense_weight": DENSE_WEIGHT,
             "top_k": top_k,
+            "documents": None if documents is None else list(documents),
         }
         try:
             rows = await self._statements.fetch(_SEARCH, params)
@@ -249,15 +264,16 @@ class LocalIndex:
 class LocalRetriever(BaseRetriever):
     """One organization's view of the local index, as a LlamaIndex retriever."""
 
-    def __init__(self, index: LocalIndex, organization: Organization, top_k: int) -> None:
+    def __init__(self, index: LocalIndex, organization: Organization, top_k: int, documents: Documents) -> None:
         super().__init__()
-        self._index, self._organization, self._top_k = index, organization, top_k
+        self._index, self._organization, self._top_k, self._documents = index, organization, top_k, documents
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         raise NotImplementedError("citechat retrievers are async: call aretrieve()")
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return await self._index.search(self._organization, query_bundle.query_str, self._top_k)
+        query = query_bundle.query_str
+        return await self._index.search(self._organization, query, self._top_k, documents=self._documents)
 
 
 def _embedding_text(document_name: str, passage: str) -> str:

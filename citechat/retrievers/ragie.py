@@ -23,6 +23,7 @@ from ragie.utils import BackoffStrategy, RetryConfig
 
 from citechat.errors import CitechatError, ConfigurationError
 from citechat.retrievers.base import (
+    Documents,
     Ingested,
     IngestError,
     Organization,
@@ -181,7 +182,14 @@ class RagieRetriever(BaseRetriever):
     """
 
     def __init__(
-        self, calls: _Calls, *, partition: str, top_k: int, rerank: bool, max_chunks_per_document: int | None
+        self,
+        calls: _Calls,
+        *,
+        partition: str,
+        top_k: int,
+        rerank: bool,
+        max_chunks_per_document: int | None,
+        documents: Documents = None,
     ) -> None:
         super().__init__()
         self._calls = calls
@@ -189,6 +197,7 @@ class RagieRetriever(BaseRetriever):
         self.top_k = top_k
         self.rerank = rerank
         self.max_chunks_per_document = max_chunks_per_document
+        self.documents = documents
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         raise NotImplementedError("citechat retrievers are async: use aretrieve")
@@ -223,6 +232,8 @@ class RagieRetriever(BaseRetriever):
         }
         if self.max_chunks_per_document is not None:
             request["max_chunks_per_document"] = self.max_chunks_per_document
+        if self.documents is not None:  # Ragie's metadata filter, on the id citechat gave each document
+            request["filter_"] = {DOCUMENT_KEY: {"$in": [str(document) for document in self.documents]}}
         retrieval = await self._calls.run(
             "search documents", lambda: self._calls.client.retrievals.retrieve_async(request=request)
         )
@@ -293,13 +304,14 @@ class RagieIndex:
             **options,
         )
 
-    def retriever(self, organization: Organization, top_k: int) -> RagieRetriever:
+    def retriever(self, organization: Organization, top_k: int, documents: Documents = None) -> RagieRetriever:
         return RagieRetriever(
             self._calls,
             partition=partition_for(organization),
             top_k=top_k,
             rerank=self._rerank,
             max_chunks_per_document=self._max_chunks_per_document,
+            documents=documents,
         )
 
     async def ingest(

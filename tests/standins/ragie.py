@@ -267,12 +267,15 @@ class RagieStandIn:
             return partition
         top_k = body.get("top_k", 8)
         per_document = body.get("max_chunks_per_document")
+        conditions = body.get("filter") or {}
         if body.get("rerank", False) and self.rerank_finds_nothing:
             return JSONResponse({"scored_chunks": []})
         wanted = _terms(query)
         scored: list[tuple[float, StoredDocument, Chunk]] = []
         for document in self.documents.values():
             if document.partition != partition or document.status != "ready":
+                continue
+            if not _matches(document.metadata, conditions):
                 continue
             for chunk in document.chunks:
                 score = len(wanted & _terms(chunk.text)) / max(len(wanted), 1)

@@ -6,6 +6,7 @@ import { signIn } from "./auth.js";
 import { ask, openSession, refreshLimits, stop, updateEmpty } from "./conversation.js";
 import { initDocuments, refresh as refreshDocuments, setOpen as setDocumentsOpen } from "./documents.js";
 import { $, hydrateIcons, setIcon, toast } from "./dom.js";
+import { initScope } from "./scope.js";
 import { initSettings, loadModels } from "./settings.js";
 import { closeMenus, initSidebar, refresh as refreshSidebar } from "./sidebar.js";
 import { on, state } from "./state.js";
@@ -20,6 +21,7 @@ async function start() {
   initSidebar();
   initSettings();
   initDocuments();
+  initScope();
   initComposer();
   initKeyboard();
   window.addEventListener("citechat:unauthorized", () => {

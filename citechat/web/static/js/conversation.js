@@ -4,6 +4,7 @@
 import { ApiError, NetworkError, api, events, openStream } from "./api.js";
 import { $, announce, h, timeAgo, toast } from "./dom.js";
 import { AnswerView, markUnsent, userMessage } from "./message-view.js";
+import { scopeIds } from "./scope.js";
 import { revealCard } from "./sources.js";
 import { emit, sleep, state } from "./state.js";
 
@@ -104,7 +105,7 @@ export async function ask(question) {
   scrollToEnd();
   announce("Question sent. Answering…");
   const turn = newTurn(state.session, view, userEl, { question });
-  const body = { question, mode: state.mode, model: state.model ?? undefined };
+  const body = { question, mode: state.mode, model: state.model ?? undefined, document_ids: scopeIds() };
   follow(turn, () => openStream(`${CHAT}/message/stream?session_id=${turn.session.id}`, {
     body, signal: turn.controller.signal,
   }));

@@ -5,7 +5,8 @@
 import { api, upload } from "./api.js";
 import { $, confirmDialog, formatBytes, h, icon, timeAgo, toast } from "./dom.js";
 import { openDocument } from "./open-document.js";
-import { emit, state } from "./state.js";
+import { setInScope } from "./scope.js";
+import { emit, on, state } from "./state.js";
 
 const panel = $("#documents-panel");
 const toggleButton = $("#documents-button");
@@ -69,6 +70,12 @@ export function setOpen(open) {
   }
 }
 
+on("scope-changed", () => {
+  for (const box of list.querySelectorAll("input.doc-scope")) {
+    box.checked = state.scope.has(box.closest(".document").dataset.id);
+  }
+});
+
 export async function refresh() {
   clearTimeout(pollTimer);
   const documents = await api("/api/v1/documents?limit=200");
@@ -99,6 +106,11 @@ function row(doc) {
       h("span", { class: "doc-meta muted small" }, meta.join(" · ")),
       doc.status === "failed" && doc.error
         ? h("span", { class: "doc-error small" }, doc.error) : null),
+    doc.status === "ready" ? h("input", {
+      type: "checkbox", class: "doc-scope", title: "Ask about this document only (with the others chosen)",
+      "aria-label": `Ask about ${doc.name}`, checked: state.scope.has(doc.id),
+      onchange: (event) => setInScope(doc, event.target.checked),
+    }) : h("span", { class: "doc-scope" }),
     h("span", { class: `badge badge-${doc.status}` },
       busy ? h("span", { class: "spinner", "aria-hidden": "true" }) : null, STATUS[doc.status] ?? doc.status),
     h("button", {

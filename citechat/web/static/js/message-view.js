@@ -107,6 +107,8 @@ export class AnswerView {
     const bits = [];
     if (message.metadata?.mode) bits.push(capitalize(message.metadata.mode));
     if (message.model_used) bits.push(message.model_used);
+    const asked = message.metadata?.documents?.length;
+    if (asked) bits.push(`asked about ${asked} document${asked === 1 ? "" : "s"}`);
     if (message.processing_time_ms) bits.push(`${(message.processing_time_ms / 1000).toFixed(1)} s`);
     if (message.created_at) bits.push(timeAgo(message.created_at));
     const copy = h("button", {

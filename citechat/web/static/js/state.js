@@ -6,6 +6,7 @@ export const state = {
   model: null, // null: the server's default
   live: null, // the answer being streamed, if any (conversation.js)
   documents: [],
+  scope: new Map(), // the documents the next questions are asked about (id -> name); empty: all of them
 };
 
 export const bus = new EventTarget();
