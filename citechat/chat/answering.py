@@ -57,7 +57,7 @@ from citechat.chat.search_ahead import SearchAhead
 from citechat.chat.service import NEW_SESSION_TITLE
 from citechat.db.base import utcnow
 from citechat.db.statements import UNAVAILABLE, Runner, Statement
-from citechat.documents.models import Document
+from citechat.documents import service as documents_service
 from citechat.errors import CitechatError, Conflict, NotFound
 from citechat.pipeline import citations, engine
 from citechat.pipeline.llms import EXTRACTIVE, LLMProvider
@@ -327,16 +327,11 @@ class Answering:
         if document_ids is None:
             return None
         wanted = tuple(dict.fromkeys(document_ids))
-        async with self.autocommit.connect() as db:
-            found = set(
-                await db.scalars(
-                    select(Document.id).where(
-                        Document.organization_id == principal.organization_id, Document.id.in_(wanted)
-                    )
-                )
-            )
-        if missing := [str(document) for document in wanted if document not in found]:
-            raise UnknownDocuments(f"document_ids: not documents of this organization (deleted?): {', '.join(missing)}")
+        async with self.sessions() as db:
+            missing = await documents_service.not_found(db, principal.organization_id, wanted)
+        if missing:
+            named = ", ".join(map(str, missing))
+            raise UnknownDocuments(f"document_ids: not documents of this organization (deleted?): {named}")
         return wanted
 
     def _new_answer(

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, tuple_
@@ -118,6 +119,15 @@ async def content(db: AsyncSession, document: models.Document) -> bytes:
     if found is None:  # deleted since it was found
         raise NotFound("document not found")
     return found
+
+
+async def not_found(db: AsyncSession, organization_id: uuid.UUID, document_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of ``document_ids`` that are no documents of the organization (another's, deleted, made up)."""
+    query = select(models.Document.id).where(
+        models.Document.organization_id == organization_id, models.Document.id.in_(document_ids)
+    )
+    found = set(await db.scalars(query))
+    return [document for document in document_ids if document not in found]
 
 
 async def list_documents(
