@@ -95,6 +95,10 @@ def ask(
     mode: Annotated[str | None, typer.Option(help="strict, balanced or creative (default: the session's).")] = None,
     session: Annotated[str | None, typer.Option(help="Session id (default: the user's active session).")] = None,
     model: Annotated[str | None, typer.Option(help="Model (default: the configured one).")] = None,
+    document: Annotated[
+        list[str] | None,
+        typer.Option(help="Ask about this document only (its id, as `citechat documents` lists it); repeatable."),
+    ] = None,
 ) -> None:
     """Ask a question in the terminal: the answer streams, then its sources with pages."""
     import uuid
@@ -105,7 +109,7 @@ def ask(
     from citechat.runtime import open_runtime
 
     try:
-        request = schemas.SendMessage(question=question, mode=mode, model=model)
+        request = schemas.SendMessage(question=question, mode=mode, model=model, document_ids=document or None)
         session_id = uuid.UUID(session) if session else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ def run_cli(postgres_url: str, tmp_path: Path):
         "CITECHAT_DATABASE_URL": postgres_url,
         "CITECHAT_AUTH_SECRET": TEST_SECRET,
         "CITECHAT_DATA_DIR": str(tmp_path),
+        "COLUMNS": "200",  # tables printed whole (ids included), as on a wide terminal
     }
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -138,3 +140,16 @@ def test_ask_streams_an_answer_with_its_sources(run_cli, tmp_path: Path):
     assert "notes.pdf, page 3 (cited)" in result.stdout
     bad = run_cli("ask", "hi", "--org", org, "--mode", "wild")
     assert bad.returncode == 2
+
+    # Asked about chosen documents only (ids as `citechat documents` lists them).
+    (tmp_path / "camp.md").write_text("Survey teams start at the east camp at six.")
+    assert run_cli("ingest", str(tmp_path / "camp.md"), "--org", org).returncode == 0
+    listing = run_cli("documents", "--org", org).stdout
+    [camp] = [line for line in listing.splitlines() if "camp.md" in line]
+    [camp_id] = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", camp)
+    scoped = run_cli("ask", "How far did the glacier retreat?", "--org", org, "--mode", "strict", "--document", camp_id)
+    assert scoped.returncode == 0, scoped.stderr
+    assert "I don't have enough information" in scoped.stdout and "notes.pdf" not in scoped.stdout
+    unknown = run_cli("ask", "hi", "--org", org, "--document", str(uuid.uuid4()))
+    assert unknown.returncode == 2 and "not documents of this organization" in unknown.stderr
+    assert run_cli("ask", "hi", "--org", org, "--document", "not-an-id").returncode == 2
