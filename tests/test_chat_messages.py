@@ -157,6 +157,11 @@ async def test_a_question_asked_about_some_documents_is_answered_from_them_only(
     retried = await client.post(f"{API}/message/{again['id']}/retry", json={}, headers=headers)
     assert retried.status_code == 200, retried.text
     assert (retried.json()["content"], retried.json()["metadata"]["documents"]) == (REFUSAL, [handbook["id"]])
+    assert (await client.delete(f"/api/v1/documents/{handbook['id']}", headers=headers)).status_code == 204
+    gone = await client.post(f"{API}/message/{again['id']}/retry", json={}, headers=headers)
+    assert gone.status_code == 409 and "were deleted since" in gone.json()["detail"]
+    kept = (await client.get(f"{API}/session/{session['id']}/messages", headers=headers)).json()[-1]
+    assert (kept["id"], kept["status"], kept["content"]) == (again["id"], "completed", REFUSAL)  # left as it was
 
     theirs = await ingest(client, identity(), samples.pdf(["Another organization's survey notes."]), "t.pdf")
     for document_ids, why in (

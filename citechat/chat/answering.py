@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -227,10 +227,12 @@ class Answering:
             async with self.sessions() as db:  # refusals first, so they cost no quota
                 _, assistant, _ = await self._retryable(db, principal, message_id)
                 free = assistant.status == "failed"
+            # Asked again about the documents it was asked about, if they are all still there.
+            documents = await self._scope(principal, scope_of(assistant.message_metadata or {}), again=True)
             quota = await (self.limits.tightest(principal) if free else self._count(principal))
             turn = await self._rewrite(principal, message_id, request, model, quota)
         turn.watch, turn.started = watch, started
-        if (documents := scope_of(turn.metadata)) is not None:  # asked again about the documents it was asked about
+        if documents is not None:
             retriever = self._retriever(principal, documents)
         self._prepare(turn, retriever)
         return turn
@@ -322,8 +324,12 @@ class Answering:
                     return await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
             await _clear_or_refuse(db, found["busy_id"], found["busy_worker"])
 
-    async def _scope(self, principal: Principal, document_ids: list[uuid.UUID] | None) -> Documents:
-        """The documents a question is asked about (None: all): each must be one of the caller's organization's."""
+    async def _scope(
+        self, principal: Principal, document_ids: Sequence[uuid.UUID] | None, *, again: bool = False
+    ) -> Documents:
+        """The documents a question is asked about (None: all): each must be one of the caller's organization's.
+        ``again``: those of an answer being retried, which may have been deleted since (a conflict, not a bad
+        request: asked about nothing, it could only be refused)."""
         if document_ids is None:
             return None
         wanted = tuple(dict.fromkeys(document_ids))
@@ -331,6 +337,8 @@ class Answering:
             missing = await documents_service.not_found(db, principal.organization_id, wanted)
         if missing:
             named = ", ".join(map(str, missing))
+            if again:
+                raise Conflict(f"the documents this answer was asked about were deleted since: {named}; ask again")
             raise UnknownDocuments(f"document_ids: not documents of this organization (deleted?): {named}")
         return wanted
 
