@@ -230,7 +230,7 @@ class Answering:
             # Asked again about the documents it was asked about, if they are all still there.
             documents = await self._scope(principal, scope_of(assistant.message_metadata or {}), again=True)
             quota = await (self.limits.tightest(principal) if free else self._count(principal))
-            turn = await self._rewrite(principal, message_id, request, model, quota)
+            turn = await self._rewrite(principal, message_id, request, model, quota, documents)
         turn.watch, turn.started = watch, started
         if documents is not None:
             retriever = self._retriever(principal, documents)
@@ -244,15 +244,17 @@ class Answering:
         request: schemas.RetryMessage,
         model: str,
         quota: Quota,
+        documents: Documents,
     ) -> Turn:
-        """The answer to retry reset in place (its sources deleted), as a turn to answer again."""
+        """The answer to retry reset in place (its sources deleted), as a turn to answer again (about
+        ``documents``)."""
         async with self.sessions() as db:
             session, assistant, user = await self._retryable(db, principal, message_id)
             session_id = session.id
             mode = ResponseMode(request.mode or (assistant.message_metadata or {}).get("mode") or session.response_mode)
             history = await _history(db, session_id, session.max_context_messages, before=user.created_at)
             await db.execute(delete(models.ChatSource).where(models.ChatSource.message_id == message_id))
-            fresh = self._new_answer(session_id, mode, model, scope_of(assistant.message_metadata or {}))
+            fresh = self._new_answer(session_id, mode, model, documents)
             for column in ("content", "status", "model_used", "temperature_used", "worker_id"):
                 setattr(assistant, column, getattr(fresh, column))
             attempt = (assistant.message_metadata or {}).get("attempt", 1) + 1

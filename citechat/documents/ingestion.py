@@ -101,16 +101,13 @@ class Ingestion:
         except asyncio.CancelledError:
             raise  # shutting down: left "processing", resumed on the next start
         except Exception:
-            if not await self._exists(document_id):  # deleted meanwhile: its chunks had nothing to belong to
+            unexpected = "indexing failed unexpectedly; try uploading again"
+            if await self._finish(document_id, status="failed", error=unexpected):
+                log.exception("indexing document %s failed", document_id)
+            else:  # deleted meanwhile: its chunks had nothing to belong to
                 log.info("document %s was deleted while it was being indexed", document_id)
-                return
-            log.exception("indexing document %s failed", document_id)
-            await self._finish(document_id, status="failed", error="indexing failed unexpectedly; try uploading again")
         else:
-            if not await self._exists(document_id):
-                await self._remove_copy(organization, document_id, result.external_id)
-                return
-            await self._finish(
+            finished = await self._finish(
                 document_id,
                 status="ready",
                 pages=result.pages,
@@ -118,6 +115,8 @@ class Ingestion:
                 external_id=result.external_id,
                 backend_status=result.backend_status,
             )
+            if not finished:
+                await self._remove_copy(organization, document_id, result.external_id)
 
     async def _remove_copy(self, organization: Organization, document_id: uuid.UUID, external_id: str | None) -> None:
         """A document deleted while a backend that keeps its own copy (Ragie) indexed it, before that copy existed
@@ -129,10 +128,8 @@ class Ingestion:
         else:
             log.info("document %s was deleted while it was being indexed", document_id)
 
-    async def _exists(self, document_id: uuid.UUID) -> bool:
-        async with self._sessions() as db:
-            return await db.scalar(select(models.Document.id).where(models.Document.id == document_id)) is not None
-
-    async def _finish(self, document_id: uuid.UUID, **values) -> None:
+    async def _finish(self, document_id: uuid.UUID, **values) -> bool:
+        """Records how indexing ended; False when the document is gone (deleted while it was indexed)."""
         async with self._sessions() as db, db.begin():
-            await db.execute(update(models.Document).where(models.Document.id == document_id).values(**values))
+            done = await db.execute(update(models.Document).where(models.Document.id == document_id).values(**values))
+            return done.rowcount == 1
